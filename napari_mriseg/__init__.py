@@ -1,0 +1,32 @@
+"""napari-mriseg: multi-sequence MRI segmentation for napari, with a CLI beside it.
+
+Importing this package loads neither torch nor Qt: the verbs below are imported on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Volume": "napari_mriseg.core.volume",
+    "Grid": "napari_mriseg.core.volume",
+    "Case": "napari_mriseg.core.case",
+    "load_case": "napari_mriseg.core.case",
+    "read_volume": "napari_mriseg.core.io",
+    "write_volume": "napari_mriseg.core.io",
+    "make_phantom": "napari_mriseg.core.phantom",
+    "MriSegError": "napari_mriseg.core.errors",
+    "GeometryMismatchError": "napari_mriseg.core.errors",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'napari_mriseg' has no attribute {name!r}")
+    return getattr(import_module(module), name)

@@ -1,0 +1,1 @@
+"""The core ring: numpy, SimpleITK, nibabel, pydicom. Never Qt, napari or torch."""
