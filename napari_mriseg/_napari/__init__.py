@@ -1,0 +1,4 @@
+"""The plugin ring: npe2 contributions and the conversion between core objects and napari layers.
+
+Only this package imports napari, Qt (through qtpy) and magicgui.
+"""
