@@ -40,6 +40,7 @@ def add_commands(sub) -> None:
     p.add_argument("--cases", type=int, default=1, help="number of cases (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first case (default 0)")
     p.add_argument("--spacing", type=float, default=1.0, help="reference grid spacing in mm (default 1.0)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing case folders")
     p.set_defaults(func=phantom)
 
     p = _cmd(sub, "demo", "open napari with the bundled sample case and the plugin docked",
@@ -76,7 +77,8 @@ def phantom(args: argparse.Namespace) -> int:
 
     if args.cases < 1:
         raise InvalidImageError(f"--cases must be at least 1; got {args.cases}")
-    folders = make_phantom(Path(args.out), cases=args.cases, seed=args.seed, spacing_mm=args.spacing)
+    folders = make_phantom(Path(args.out), cases=args.cases, seed=args.seed, spacing_mm=args.spacing,
+                           overwrite=args.overwrite)
     for folder in folders:
         sys.stdout.write(f"wrote {folder}\n")
     return 0

@@ -340,6 +340,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None], *, overwrite: bool)
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; outputs are ordinary files
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
@@ -350,6 +351,12 @@ def _atomic_write(path: Path, write: Callable[[Path], None], *, overwrite: bool)
             raise ImageWriteError(f"could not be written ({reason}); nothing was changed", path=path) from exc
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_volume(volume: Volume, path: str | Path, *, overwrite: bool = False) -> Path:
