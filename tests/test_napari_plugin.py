@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import imageio.v3 as iio
 import nibabel as nib
 import numpy as np
 import pytest
@@ -202,3 +203,66 @@ def test_load_case_widget_shows_errors_and_stays_usable(make_napari_viewer, qtbo
     assert len(viewer.layers) == 0 and widget.load_btn.isEnabled()
     widget.scan(str(tmp_path / "does-not-exist"))
     assert "no such file" in shown[-1]
+
+
+def test_napari_layer_affine_matches_sitk_on_an_oblique_image(make_napari_viewer, rng):
+    """A real napari layer given `layer_kwargs` maps every index where SimpleITK says it lies."""
+    from napari_mriseg.core import convert
+
+    from .conftest import oblique_sitk_image
+
+    image = oblique_sitk_image(rng)
+    vol = convert.from_sitk(image)
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(vol.array, **convert.layer_kwargs(vol))
+    for idx_xyz in [(0, 0, 0), (6, 5, 4), (2, 3, 1)]:
+        world = np.asarray(layer.data_to_world(idx_xyz[::-1]))
+        np.testing.assert_allclose(world[::-1], image.TransformIndexToPhysicalPoint(idx_xyz), atol=1e-6)
+    back = layer_to_volume(layer)
+    assert back.grid.mismatch(vol.grid) is None and np.array_equal(back.array, vol.array)
+
+
+@pytest.mark.parametrize("k", [0, 19, 47])
+def test_volume_layer_volume_round_trip_is_exact(make_napari_viewer, tmp_path, k):
+    from .conftest import oriented_nifti
+
+    path, _ = oriented_nifti(tmp_path / "v.nii.gz", ORIENTATIONS[k])
+    vol = read_volume(path)
+    viewer = make_napari_viewer()
+    layer = viewer.open(str(path), plugin=PLUGIN)[0]
+    back = layer_to_volume(layer)
+    assert back.grid.mismatch(vol.grid) is None
+    np.testing.assert_allclose(back.affine, vol.affine, atol=1e-9)
+    assert np.array_equal(back.array, vol.array)
+
+
+def test_sample_data_opens_four_sequences_and_labels(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "synthetic_brain_tumour")
+    names = {lay.name for lay in viewer.layers}
+    assert names == {"t1", "t1c", "t2", "flair", "labels"}
+    labels = viewer.layers["labels"]
+    assert set(np.unique(labels.data)) == {0, 1, 2, 3}
+    # the tumour lies inside the head on every sequence: check the FLAIR is bright there
+    flair = viewer.layers["flair"]
+    centre = labels.data_to_world(np.argwhere(labels.data == 2).mean(0))
+    value = flair.data[tuple(np.round(flair.world_to_data(centre)).astype(int))]
+    assert value > np.percentile(flair.data, 90)
+
+
+def test_headless_demo_writes_screenshots_and_labels(tmp_path):
+    from napari_mriseg._napari._sample_data import SAMPLE_CASE
+    from napari_mriseg._napari.demo import run_headless
+
+    written = run_headless(tmp_path / "demo")
+    names = sorted(p.name for p in written)
+    assert names == ["case.json", "labels.nii.gz", "screenshot_axial.png", "screenshot_coronal.png",
+                     "screenshot_sagittal.png", "screenshot_window.png"]
+    for p in written:
+        if p.suffix == ".png":
+            keep_screenshot(p)
+    ref, out = nib.load(str(SAMPLE_CASE / "labels.nii.gz")), nib.load(str(tmp_path / "demo" / "labels.nii.gz"))
+    np.testing.assert_allclose(out.affine, ref.affine, atol=1e-5)
+    assert int((np.asarray(out.dataobj) != np.asarray(ref.dataobj)).sum()) == 0
+    shot = iio.imread(tmp_path / "demo" / "screenshot_axial.png")
+    assert shot[..., :3].std() > 20  # an image was drawn, not a blank canvas
