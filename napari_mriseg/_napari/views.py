@@ -19,11 +19,17 @@ _ORDER = {"axial": (0, 1, 2), "coronal": (1, 0, 2), "sagittal": (2, 0, 1)}
 _ORIENTATION = {"axial": ("down", "right"), "coronal": ("up", "right"), "sagittal": ("up", "right")}
 
 
+def camera(viewer: Any) -> Any:
+    """The 2D/3D camera: ``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
 def set_plane(viewer: Any, plane: str) -> None:
     """Show ``plane`` (axial, coronal or sagittal) in radiological orientation."""
     check_choice("plane", plane, PLANES)
     ndim = viewer.dims.ndim
     lead = tuple(range(ndim - 3))
     viewer.dims.order = lead + tuple(a + len(lead) for a in _ORDER[plane])
-    viewer.camera.orientation2d = _ORIENTATION[plane]
+    camera(viewer).orientation2d = _ORIENTATION[plane]
     viewer.reset_view()
