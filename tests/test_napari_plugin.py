@@ -266,3 +266,19 @@ def test_headless_demo_writes_screenshots_and_labels(tmp_path):
     assert int((np.asarray(out.dataobj) != np.asarray(ref.dataobj)).sum()) == 0
     shot = iio.imread(tmp_path / "demo" / "screenshot_axial.png")
     assert shot[..., :3].std() > 20  # an image was drawn, not a blank canvas
+
+
+def test_dicom_folder_opens_as_a_case(make_napari_viewer, shared_testdata):
+    folder = shared_testdata / "dicom_t1_positions" / "HFS" / "dicom"
+    viewer = make_napari_viewer()
+    viewer.open(str(folder), plugin=PLUGIN)
+    assert [lay.__class__.__name__ for lay in viewer.layers] == ["Image", "Labels"]
+    image = viewer.layers[0]
+    assert image.metadata["mriseg"]["display"] == "reoriented"  # a sagittal series, shown axially
+    ref = nib.load(str(shared_testdata / "dicom_t1_positions" / "HFS" / "reference.nii"))
+    # the layer's world extent is the reference's bounding box in LPS (S, P, L) mm
+    corners = nib.affines.apply_affine(ref.affine, np.array(np.meshgrid(*[[0, n - 1] for n in ref.shape],
+                                                                         indexing="ij")).reshape(3, -1).T)
+    lps_spl = (corners * [-1, -1, 1])[:, ::-1]
+    np.testing.assert_allclose(image.extent.world[0], lps_spl.min(0), atol=1e-3)
+    np.testing.assert_allclose(image.extent.world[1], lps_spl.max(0), atol=1e-3)
