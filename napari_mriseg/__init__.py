@@ -18,6 +18,8 @@ _LAZY = {
     "read_volume": "napari_mriseg.core.io",
     "write_volume": "napari_mriseg.core.io",
     "make_phantom": "napari_mriseg.core.phantom",
+    "register": "napari_mriseg.core.registration",
+    "register_case": "napari_mriseg.core.registration",
     "MriSegError": "napari_mriseg.core.errors",
     "GeometryMismatchError": "napari_mriseg.core.errors",
 }
