@@ -1,0 +1,186 @@
+"""`segment(case, model)`: a case's sequences in, a label map on its reference grid out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from ..core.case import Case
+from ..core.errors import OptionError, check_choice
+from ..core.resample import resample_to_grid
+from ..core.volume import Volume
+from .errors import MissingSequenceError
+from .model_file import Model, load_model
+from .preprocess import bounding_box, check_channels, head_mask, model_grid, normalise
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class Segmentation:
+    """Result of `segment`, on the case's reference grid.
+
+    Attributes
+    ----------
+    labels : Volume
+        uint8 label map with the model's label values (0 = background).
+    probabilities : dict of str to Volume, or None
+        Softmax probability per class (``"background"`` and each label name), float32.
+    uncertainty : Volume or None
+        TTA disagreement in [0, 1] (fraction of mirrors disagreeing with the consensus).
+    """
+
+    labels: Volume
+    probabilities: dict[str, Volume] | None = None
+    uncertainty: Volume | None = None
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` if available else ``"cpu"``; ``"cuda"`` without a GPU is an error."""
+    import torch
+
+    check_choice("device", device, DEVICES)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise OptionError("device 'cuda' was asked for but no CUDA GPU is available; use 'cpu' or 'auto'")
+    return device
+
+
+def network_predictor(network: Callable, dim: int) -> Callable:
+    """Wrap a network as a sliding-window predictor on ``(B, C, pz, py, px)`` windows."""
+    if dim == 3:
+        return network
+    return lambda x: network(x[:, :, 0]).unsqueeze(2)
+
+
+def largest_component_per_class(labels: np.ndarray) -> np.ndarray:
+    """Keep only the largest 26-connected component of each non-zero label (others -> 0)."""
+    out = labels.copy()
+    for value in np.unique(labels):
+        if value == 0:
+            continue
+        comp, n = ndimage.label(labels == value, structure=np.ones((3, 3, 3), bool))
+        if n > 1:
+            sizes = np.bincount(comp.ravel())
+            sizes[0] = 0
+            out[(comp > 0) & (comp != int(np.argmax(sizes)))] = 0
+    return out
+
+
+def fill_holes_per_class(labels: np.ndarray) -> np.ndarray:
+    """Fill background holes fully enclosed by one label with that label (in 3D)."""
+    out = labels.copy()
+    for value in np.unique(labels):
+        if value == 0:
+            continue
+        filled = ndimage.binary_fill_holes(labels == value)
+        out[filled & (out == 0)] = value
+    return out
+
+
+def segment(case: Case | Mapping[str, Volume], model: Model | str | Path, *, device: str = "auto",
+            tta: bool = False, overlap: float = 0.5, batch_size: int = 2, postprocess: bool = False,
+            return_probabilities: bool = False, return_uncertainty: bool = False,
+            progress: Callable[[int, int], None] | None = None,
+            cancel: Callable[[], bool] | None = None) -> Segmentation:
+    """Segment ``case`` with ``model``; the labels lie voxel for voxel on the case's reference grid.
+
+    Parameters
+    ----------
+    case : Case or mapping of sequence name to Volume
+        Must hold every sequence the model needs, all on one grid (the reference's).
+    model : Model or path of a ``.mriseg`` model
+    device : {"auto", "cpu", "cuda"}
+    tta : bool
+        Mirror along every patch axis (2**3 passes for 3D, 2**2 for 2D), batched together.
+    overlap : float
+        Window overlap fraction in [0, 1).
+    batch_size : int
+        Windows per forward pass.
+    postprocess : bool
+        Keep the largest component of each label and fill its holes.
+    return_probabilities, return_uncertainty : bool
+        Also return per-class probabilities / TTA disagreement (uncertainty implies ``tta``).
+    progress : callable(done, total), optional
+        Windows done out of total, after each batch.
+    cancel : callable() -> bool, optional
+        Polled between batches; True raises `CancelledError`.
+
+    Raises
+    ------
+    MissingSequenceError, GeometryMismatchError, InvalidImageError (NaN or constant image),
+    ModelFileError, CancelledError, ResourceLimitError (CUDA out of memory with batch 1).
+    """
+    from .inference import sliding_window
+
+    if not isinstance(case, Case):
+        case = Case(dict(case))
+    if not isinstance(model, Model):
+        model = load_model(model)
+    cfg = model.config
+    missing = [s for s in cfg.sequences if s not in case.sequences]
+    if missing:
+        raise MissingSequenceError(
+            f"the case lacks sequence(s) {missing} that the model needs (model: {list(cfg.sequences)}; "
+            f"case: {list(case.names)})")
+    case.check_same_grid(cfg.sequences)
+    check_channels([case[s].array for s in cfg.sequences], cfg.sequences)
+    dev = resolve_device(device)
+    ref_grid = case.grid
+    mgrid = model_grid(ref_grid, cfg.target_spacing)
+    vols = [case[s] if mgrid is ref_grid else resample_to_grid(case[s], mgrid) for s in cfg.sequences]
+    x = np.empty((len(vols),) + mgrid.shape, np.float32)
+    for c, v in enumerate(vols):
+        x[c] = v.array
+    del vols
+    mask = head_mask(x)
+    normalise(x, cfg.normalisation, mask, out=x)
+    box = bounding_box(mask)
+    xc, mc = x[(slice(None),) + box], mask[box]
+    axis = cfg.axis_2d
+    if axis is not None:  # slices along `axis` become the first axis
+        xc, mc = np.moveaxis(xc, axis + 1, 1), np.moveaxis(mc, axis, 0)
+    patch = cfg.patch_size_3d if axis is None else (1, *cfg.patch_size)
+    mirror = () if not (tta or return_uncertainty) else ((0, 1, 2) if axis is None else (1, 2))
+    network = model.network.to(dev).eval()
+    res = sliding_window(np.ascontiguousarray(xc), network_predictor(network, cfg.architecture.dim), patch,
+                         overlap=overlap, batch_size=batch_size, mask=mc, mirror_axes=mirror, device=dev,
+                         return_probabilities=return_probabilities, return_uncertainty=return_uncertainty,
+                         progress=progress, cancel=cancel)
+    del x, xc
+
+    def uncrop(arr: np.ndarray, fill: float = 0) -> np.ndarray:
+        if axis is not None:
+            arr = np.moveaxis(arr, 0, axis)
+        full = np.full(mgrid.shape, fill, arr.dtype)
+        full[box] = arr
+        return full
+
+    lut = np.zeros(256, np.uint8)
+    values = list(cfg.labels.values())
+    lut[1:len(values) + 1] = values
+    labels = Volume.on_grid(lut[uncrop(res.labels)], mgrid, kind="label", name="labels")
+    labels = resample_to_grid(labels, ref_grid)
+    arr = labels.array
+    if postprocess:
+        arr = fill_holes_per_class(largest_component_per_class(arr))
+    out = Segmentation(Volume.on_grid(arr, ref_grid, kind="label", name="labels",
+                                      meta={"model": str(model.path or ""), "sequences": list(cfg.sequences)}))
+    if res.probabilities is not None:
+        names = ["background", *cfg.labels]
+        out.probabilities = {
+            n: resample_to_grid(Volume.on_grid(uncrop(p, 1.0 if k == 0 else 0.0), mgrid, name=n), ref_grid)
+            for k, (n, p) in enumerate(zip(names, res.probabilities))}
+    if res.uncertainty is not None:
+        out.uncertainty = resample_to_grid(Volume.on_grid(uncrop(res.uncertainty), mgrid, name="uncertainty"),
+                                           ref_grid)
+    log.info("segmented %s with %d windows", case.case_id or "case", res.windows)
+    return out
