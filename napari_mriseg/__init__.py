@@ -20,6 +20,10 @@ _LAZY = {
     "make_phantom": "napari_mriseg.core.phantom",
     "register": "napari_mriseg.core.registration",
     "register_case": "napari_mriseg.core.registration",
+    "segment": "napari_mriseg.ml.segment",
+    "train": "napari_mriseg.ml.training",
+    "evaluate": "napari_mriseg.ml.metrics",
+    "load_model": "napari_mriseg.ml.model_file",
     "MriSegError": "napari_mriseg.core.errors",
     "GeometryMismatchError": "napari_mriseg.core.errors",
 }

@@ -10,22 +10,18 @@ import sys
 from pathlib import Path
 
 from ..core.errors import InvalidImageError, MriSegError
-
-
-def _cmd(sub, name: str, help_: str, example: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help_, description=f"{help_}\n\nexample:\n  {example}",
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+from ._common import add_command
 
 
 def add_commands(sub) -> None:
     """Add the data commands to the ``mriseg`` sub-parsers."""
-    p = _cmd(sub, "info", "sequences, shape, spacing, orientation codes and value range",
+    p = add_command(sub, "info", "sequences, shape, spacing, orientation codes and value range",
              "mriseg info sample_data/sample_case")
     p.add_argument("path", help="a volume file, a case folder or a DICOM folder")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=info)
 
-    p = _cmd(sub, "convert", "write a volume (DICOM folder, NIfTI, NRRD, MHA) to NIfTI/NRRD/MHA, geometry intact",
+    p = add_command(sub, "convert", "write a volume (DICOM folder, NIfTI, NRRD, MHA) to NIfTI/NRRD/MHA, geometry intact",
              "mriseg convert dicom/ t1.nii.gz --series 3")
     p.add_argument("input", help="volume file or DICOM folder")
     p.add_argument("output", help="output file: .nii.gz, .nii, .nrrd or .mha")
@@ -34,7 +30,7 @@ def add_commands(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=convert)
 
-    p = _cmd(sub, "phantom", "write synthetic multi-sequence brain tumour cases with known labels and misalignments",
+    p = add_command(sub, "phantom", "write synthetic multi-sequence brain tumour cases with known labels and misalignments",
              "mriseg phantom --out phantoms/ --cases 3 --seed 7")
     p.add_argument("--out", required=True, help="output folder (one sub-folder per case)")
     p.add_argument("--cases", type=int, default=1, help="number of cases (default 1)")
@@ -43,7 +39,7 @@ def add_commands(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing case folders")
     p.set_defaults(func=phantom)
 
-    p = _cmd(sub, "demo", "open napari with the bundled sample case and the plugin docked",
+    p = add_command(sub, "demo", "open napari with the bundled sample case and the plugin docked",
              "mriseg demo --headless --out demo_out/")
     p.add_argument("--headless", action="store_true",
                    help="run the pipeline on the sample case without a window; write outputs and screenshots")
