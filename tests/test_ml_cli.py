@@ -52,7 +52,7 @@ def test_predict_writes_labels_on_the_image_grid(tmp_path, model_path):
     import nibabel as nib
 
     case = _case_folder(tmp_path / "case01")
-    out = tmp_path / "labels.nii.gz"
+    out = tmp_path / "new" / "folder" / "labels.nii.gz"  # predict creates the folder
     assert main(["predict", str(case), "--model", str(model_path), "--out", str(out), "--device", "cpu"]) == 0
     lab = read_volume(out, kind="label")
     assert lab.array.dtype == np.uint8

@@ -134,6 +134,7 @@ def predict_cmd(args: argparse.Namespace) -> int:
         for c in cases:
             _predict_one(c, out / f"{c.name}.nii.gz", model, args)
         return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
     _predict_one(case, out, model, args)
     return 0
 
