@@ -61,12 +61,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
 
 
 def _training_helpers():
-    """tests/test_ml_training.py as a module (its tiny dataset and settings), whatever the import mode."""
-    import importlib.util
-    from pathlib import Path
+    """tests/test_ml_training.py as a module (its tiny dataset and settings)."""
+    from . import test_ml_training
 
-    spec = importlib.util.spec_from_file_location("_ml_training_helpers",
-                                                  Path(__file__).with_name("test_ml_training.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return test_ml_training
