@@ -323,7 +323,13 @@ def read_volume(path: str | Path, *, kind: Kind = "image", name: str | None = No
     return volumes[0]
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None], *, overwrite: bool) -> Path:
+def atomic_write(path: Path, write: Callable[[Path], None], *, overwrite: bool) -> Path:
+    """Write ``path`` through ``write(tmp)`` so that it appears complete or not at all.
+
+    ``write`` fills a temporary file in the same folder (same suffix); it is then renamed onto
+    ``path``. Raises `OutputExistsError` if ``path`` exists and not ``overwrite``, and
+    `ImageWriteError` (with nothing left behind) if the folder is missing, read-only or full.
+    """
     if path.exists() and not overwrite:
         raise OutputExistsError("exists already; choose another name or allow overwriting", path=path)
     folder = path.parent
@@ -387,5 +393,5 @@ def write_volume(volume: Volume, path: str | Path, *, overwrite: bool = False) -
 
             sitk.WriteImage(convert.to_sitk(volume), str(tmp), useCompression=True)
 
-    return _atomic_write(p, write, overwrite=overwrite)
+    return atomic_write(p, write, overwrite=overwrite)
 

@@ -141,7 +141,7 @@ def _mni_file(key: str) -> Path:
 
 
 @functools.lru_cache(maxsize=1)
-def _mni_1mm() -> tuple[Grid, dict[str, np.ndarray]]:
+def mni_template_1mm() -> tuple[Grid, dict[str, np.ndarray]]:
     """The 1 mm template: its grid and (Z, Y, X) uint8 maps t1, gm, wm (0..255)."""
     import nibabel as nib
 
@@ -215,7 +215,7 @@ def _template(resolution_mm: int) -> _Template:
     import SimpleITK as sitk
     from scipy import ndimage
 
-    grid1, m1 = _mni_1mm()
+    grid1, m1 = mni_template_1mm()
     if resolution_mm == 2:
         small = [_block_mean(m1["gm"]) / 255.0, _block_mean(m1["wm"]) / 255.0, _block_mean(m1["t1"] > 0)]
         grid2 = Grid(small[0].shape, np.asarray(grid1.spacing) * 2, grid1.index_to_world(np.full(3, 0.5)),

@@ -569,12 +569,12 @@ def to_native(volume: Volume, transform: Any, native: Grid | Volume) -> Volume:
 def save_transform(transform: Any, path: str | Path, *, overwrite: bool = False) -> Path:
     """Write ``transform`` as an ITK text transform (``.tfm``/``.txt``; 3D Slicer, ITK-SNAP, ANTs),
     whole or not at all. Raises `OutputExistsError` if ``path`` exists and not ``overwrite``."""
-    from .io import _atomic_write
+    from .io import atomic_write
 
     p = Path(path)
     if p.suffix.lower() not in (".tfm", ".txt"):
         raise RegistrationError("a transform file must end in .tfm or .txt", path=p)
-    return _atomic_write(p, lambda tmp: _sitk().WriteTransform(transform, str(tmp)), overwrite=overwrite)
+    return atomic_write(p, lambda tmp: _sitk().WriteTransform(transform, str(tmp)), overwrite=overwrite)
 
 
 def load_transform(path: str | Path) -> Any:

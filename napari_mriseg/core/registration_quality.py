@@ -224,9 +224,9 @@ def _mni(spacing_mm: float) -> tuple[Volume, np.ndarray, np.ndarray]:
     """The MNI T1 (1 or 2 mm), and its grey- and white-matter fractions (0..1), (Z, Y, X)."""
     import SimpleITK as sitk
 
-    from .phantom import _mni_1mm
+    from .phantom import mni_template_1mm
 
-    grid, maps = _mni_1mm()
+    grid, maps = mni_template_1mm()
     images = [convert.to_sitk(Volume.on_grid(maps[k].astype(np.float32), grid)) for k in ("t1", "gm", "wm")]
     factor = int(round(spacing_mm))
     if factor > 1:
