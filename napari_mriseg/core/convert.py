@@ -43,6 +43,22 @@ def grid_from_sitk(image: sitk.Image) -> Grid:
     return Grid(tuple(image.GetSize()[::-1]), image.GetSpacing()[::-1], image.GetOrigin()[::-1], d[::-1, ::-1])
 
 
+def set_sitk_grid(image: sitk.Image, grid: Grid) -> sitk.Image:
+    """Give ``image`` (size ``grid.shape`` reversed) ``grid``'s spacing, origin and direction."""
+    geo = grid_to_sitk_geometry(grid)
+    image.SetSpacing(geo["spacing"])
+    image.SetOrigin(geo["origin"])
+    image.SetDirection(geo["direction"])
+    return image
+
+
+def sitk_reference_image(grid: Grid) -> sitk.Image:
+    """An empty uint8 SimpleITK image that carries only ``grid``: a resampling target."""
+    import SimpleITK as sitk
+
+    return set_sitk_grid(sitk.Image([int(n) for n in grid.shape[::-1]], sitk.sitkUInt8), grid)
+
+
 def to_sitk(volume: Volume) -> sitk.Image:
     """A SimpleITK image with ``volume``'s voxels and geometry (the array is copied)."""
     import SimpleITK as sitk
@@ -50,12 +66,7 @@ def to_sitk(volume: Volume) -> sitk.Image:
     arr = volume.array
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(arr))
-    geo = grid_to_sitk_geometry(volume.grid)
-    image.SetSpacing(geo["spacing"])
-    image.SetOrigin(geo["origin"])
-    image.SetDirection(geo["direction"])
-    return image
+    return set_sitk_grid(sitk.GetImageFromArray(np.ascontiguousarray(arr)), volume.grid)
 
 
 def from_sitk(image: sitk.Image, *, kind: Kind = "image", name: str = "",

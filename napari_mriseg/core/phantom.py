@@ -194,20 +194,6 @@ def _tissues(gm: np.ndarray, wm: np.ndarray, d_head: np.ndarray) -> np.ndarray:
     return out
 
 
-def _with_geometry(image: sitk.Image, grid: Grid) -> sitk.Image:
-    geo = convert.grid_to_sitk_geometry(grid)
-    image.SetSpacing(geo["spacing"])
-    image.SetOrigin(geo["origin"])
-    image.SetDirection(geo["direction"])
-    return image
-
-
-def _reference_image(grid: Grid) -> sitk.Image:
-    """An empty SimpleITK image that only carries ``grid`` (a resampling target)."""
-    import SimpleITK as sitk
-
-    return _with_geometry(sitk.Image([int(n) for n in grid.shape[::-1]], sitk.sitkUInt8), grid)
-
 
 @functools.lru_cache(maxsize=2)
 def _template(resolution_mm: int) -> _Template:
@@ -229,10 +215,10 @@ def _template(resolution_mm: int) -> _Template:
     else:  # 1 mm maps; the smooth distance maps are upsampled from 2 mm
         coarse = _template(2)
         grid, (gm, wm) = _padded(grid1, [m1["gm"] / np.float32(255), m1["wm"] / np.float32(255)])
-        ref = _reference_image(grid)
+        ref = convert.sitk_reference_image(grid)
 
         def up(a: np.ndarray, outside: float) -> np.ndarray:
-            src = _with_geometry(sitk.GetImageFromArray(a), coarse.grid)
+            src = convert.set_sitk_grid(sitk.GetImageFromArray(a), coarse.grid)
             out = sitk.Resample(src, ref, sitk.Transform(), sitk.sitkLinear, outside, sitk.sitkFloat32)
             return sitk.GetArrayFromImage(out)
 
@@ -244,7 +230,7 @@ def _template(resolution_mm: int) -> _Template:
         hit = np.flatnonzero(head.any(axis=tuple(a for a in range(3) if a != axis)))
         bounds.append((hit[0], hit[-1]))
     corners = grid.index_to_world(np.asarray(bounds, float).T)
-    image = _with_geometry(sitk.GetImageFromArray(tissues, isVector=True), grid)
+    image = convert.set_sitk_grid(sitk.GetImageFromArray(tissues, isVector=True), grid)
     if resolution_mm == 2:
         return _Template(image, grid, corners.min(0), corners.max(0), wm, depth, d_head)
     return _Template(image, grid, corners.min(0), corners.max(0))
@@ -320,7 +306,7 @@ def _make_anatomy(rng: np.random.Generator, spacing_mm: float) -> _Anatomy:
     affine.SetCenter(centre[::-1].tolist())
     affine.SetMatrix((np.diag(1.0 / scale[::-1]) @ rot.T).ravel().tolist())
     affine.SetTranslation(((tpl.head_lo + tpl.head_hi)[::-1] / 2.0 - centre[::-1]).tolist())
-    ref = _reference_image(grid)
+    ref = convert.sitk_reference_image(grid)
     mesh = [max(2, int(round(e / 50.0))) for e in extent[::-1]]
     warp = sitk.BSplineTransformInitializer(ref, mesh, 3)
     warp.SetParameters(rng.normal(0.0, 4.0, warp.GetNumberOfParameters()).tolist())
@@ -489,8 +475,8 @@ def _acquire(rng: np.random.Generator, name: str, clean: np.ndarray, anatomy: _A
         extra = np.sqrt(max(grid.spacing[0] ** 2 - ref.spacing[0] ** 2, 0.0))
         if extra > 0:  # slice profile: FWHM of the slice thickness along S (axis 0 of the t1 grid)
             clean = ndimage.gaussian_filter1d(clean, extra / 2.355 / ref.spacing[0], axis=0, truncate=3.0)
-        src = _with_geometry(sitk.GetImageFromArray(clean), ref)
-        out = sitk.Resample(src, _reference_image(grid), rigid_transform(spec).GetInverse(),
+        src = convert.set_sitk_grid(sitk.GetImageFromArray(clean), ref)
+        out = sitk.Resample(src, convert.sitk_reference_image(grid), rigid_transform(spec).GetInverse(),
                             sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         image = sitk.GetArrayFromImage(out)
     if bias > 0:
@@ -544,7 +530,7 @@ class PhantomCase:
         grid = self.case[name].grid
         if name == REFERENCE:
             return self.truth
-        out = sitk.Resample(convert.to_sitk(self.truth), _reference_image(grid),
+        out = sitk.Resample(convert.to_sitk(self.truth), convert.sitk_reference_image(grid),
                             self.transform(name).GetInverse(), sitk.sitkNearestNeighbor, 0.0, sitk.sitkUInt8)
         return Volume.on_grid(sitk.GetArrayFromImage(out), grid, kind="label", name="labels")
 

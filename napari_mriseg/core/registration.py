@@ -29,7 +29,7 @@ from . import convert
 from .case import Case
 from .errors import MriSegError, check_choice
 from .registration_quality import RegistrationQuality, assess, box_corners
-from .resample import INTERPOLATIONS
+from .resample import INTERPOLATIONS, resample_to_grid
 from .volume import Grid, Volume
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -507,8 +507,6 @@ def register_case(case: Case, *, reference: str | None = None, transform: str = 
     seqs = {n: (results[n].volume if n in results else v) for n, v in case.sequences.items()}
     for n, v in seqs.items():
         if n not in results and n != reference and ref.grid.mismatch(v.grid) is not None:
-            from .resample import resample_to_grid
-
             seqs[n] = resample_to_grid(v, ref.grid)
     out = case.replace(sequences=seqs, reference=reference, labels=labels)
     return CaseRegistration(out, results, transform, settings)
@@ -520,19 +518,7 @@ def apply_transform(volume: Volume, transform: Any, grid: Grid, *, interpolation
 
     Images default to linear; label maps are always nearest-neighbour and keep their integer type.
     """
-    sitk = _sitk()
-    if interpolation is None:
-        interpolation = "nearest" if volume.is_label else "linear"
-    check_choice("interpolation", interpolation, INTERPOLATIONS)
-    if volume.is_label:
-        check_choice("interpolation of a label map", interpolation, ("nearest",))
-    interp = {"nearest": sitk.sitkNearestNeighbor, "linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline}
-    src = convert.to_sitk(volume)
-    out_type = src.GetPixelID() if volume.is_label else sitk.sitkFloat32
-    from .registration_quality import _empty
-
-    out = sitk.Resample(src, _empty(grid), transform, interp[interpolation], float(default), out_type)
-    return Volume.on_grid(sitk.GetArrayFromImage(out), grid, kind=volume.kind, name=volume.name, meta=volume.meta)
+    return resample_to_grid(volume, grid, interpolation=interpolation, default=default, transform=transform)
 
 
 def invert_transform(transform: Any, grid: Grid | None = None) -> Any:

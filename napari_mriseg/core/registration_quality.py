@@ -287,7 +287,7 @@ def mni_pair(seed: int, *, contrast: str = "t2", spacing_mm: float = 1.0,
     origin = (lo + hi) / 2.0 - d @ ((np.asarray(shape) - 1) * sp / 2.0) + shift[::-1]
     grid = Grid(shape, tuple(sp), tuple(origin), d)
     src = convert.to_sitk(fixed.with_array(clean))
-    out = sitk.Resample(src, _empty(grid), truth.GetInverse(),
+    out = sitk.Resample(src, convert.sitk_reference_image(grid), truth.GetInverse(),
                         sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     arr = sitk.GetArrayFromImage(out)
     sigma = np.float32(noise * v_wm)
@@ -297,13 +297,3 @@ def mni_pair(seed: int, *, contrast: str = "t2", spacing_mm: float = 1.0,
     return fixed, moving, truth, Volume.on_grid(brain.astype(np.uint8), fixed.grid, kind="label", name="brain")
 
 
-def _empty(grid: Grid) -> sitk.Image:
-    """An empty SimpleITK image carrying ``grid`` (a resampling target)."""
-    import SimpleITK as sitk
-
-    image = sitk.Image([int(n) for n in grid.shape[::-1]], sitk.sitkUInt8)
-    geo = convert.grid_to_sitk_geometry(grid)
-    image.SetSpacing(geo["spacing"])
-    image.SetOrigin(geo["origin"])
-    image.SetDirection(geo["direction"])
-    return image

@@ -8,6 +8,7 @@ transposing and flipping the array: exact, no interpolation.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -87,8 +88,8 @@ def axis_aligned_grid(grid: Grid) -> Grid:
 
 
 def resample_to_grid(volume: Volume, grid: Grid, *, interpolation: str | None = None,
-                     default: float = 0.0) -> Volume:
-    """``volume`` resampled onto ``grid`` (world positions preserved, identity transform).
+                     default: float = 0.0, transform: Any = None) -> Volume:
+    """``volume`` resampled onto ``grid``: world positions preserved, or mapped by ``transform``.
 
     Parameters
     ----------
@@ -100,31 +101,31 @@ def resample_to_grid(volume: Volume, grid: Grid, *, interpolation: str | None = 
         Defaults to linear for images; labels are always nearest (asking otherwise is an error).
     default : float
         Value outside ``volume``'s field of view.
+    transform : SimpleITK transform, optional
+        Maps ``grid``'s world to ``volume``'s world (ITK's fixed -> moving); identity if None.
     """
     if interpolation is None:
         interpolation = "nearest" if volume.is_label else "linear"
     check_choice("interpolation", interpolation, INTERPOLATIONS)
     if volume.is_label and interpolation != "nearest":
         check_choice("interpolation of a label map", interpolation, ("nearest",))
-    if volume.grid.mismatch(grid) is None:
-        return Volume.on_grid(volume.array, grid, kind=volume.kind, name=volume.name, meta=volume.meta)
-    exact = _permuted_copy(volume, grid)
-    if exact is not None:
-        return exact
+    if transform is None:
+        if volume.grid.mismatch(grid) is None:
+            return Volume.on_grid(volume.array, grid, kind=volume.kind, name=volume.name, meta=volume.meta)
+        exact = _permuted_copy(volume, grid)
+        if exact is not None:
+            return exact
     import SimpleITK as sitk
 
     interp = {"nearest": sitk.sitkNearestNeighbor, "linear": sitk.sitkLinear,
               "bspline": sitk.sitkBSpline}[interpolation]
-    ref = sitk.Image([int(s) for s in grid.shape[::-1]], sitk.sitkUInt8)
-    geo = convert.grid_to_sitk_geometry(grid)
-    ref.SetSpacing(geo["spacing"])
-    ref.SetOrigin(geo["origin"])
-    ref.SetDirection(geo["direction"])
+    ref = convert.sitk_reference_image(grid)
     src = convert.to_sitk(volume)
     out_type = src.GetPixelID() if volume.is_label else sitk.sitkFloat32
     if not volume.is_label and volume.array.dtype == np.float64:
         out_type = sitk.sitkFloat64
-    out = sitk.Resample(src, ref, sitk.Transform(), interp, float(default), out_type)
+    out = sitk.Resample(src, ref, sitk.Transform() if transform is None else transform, interp, float(default),
+                        out_type)
     return Volume.on_grid(sitk.GetArrayFromImage(out), grid, kind=volume.kind, name=volume.name, meta=volume.meta)
 
 
