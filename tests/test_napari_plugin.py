@@ -282,3 +282,14 @@ def test_dicom_folder_opens_as_a_case(make_napari_viewer, shared_testdata):
     lps_spl = (corners * [-1, -1, 1])[:, ::-1]
     np.testing.assert_allclose(image.extent.world[0], lps_spl.min(0), atol=1e-3)
     np.testing.assert_allclose(image.extent.world[1], lps_spl.max(0), atol=1e-3)
+
+
+@pytest.mark.parametrize("direction", [np.eye(3), np.diag([1.0, -1.0, 1.0])[[1, 0, 2]]])
+def test_labels_layer_data_never_shares_the_callers_voxels(direction):
+    from napari_mriseg._napari.layers import labels_layer_data
+
+    labels = Volume(np.zeros((3, 4, 5), np.uint8), direction=direction, kind="label")
+    data, _, kind = labels_layer_data(labels)
+    assert kind == "labels" and data.flags.writeable
+    data[...] = 7  # painting the layer
+    assert labels.array.max() == 0

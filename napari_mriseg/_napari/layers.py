@@ -92,7 +92,8 @@ def labels_layer_data(labels: Volume, *, case_id: str = "", name: str | None = N
     The array is a writable uint8 (or wider) copy, so painting never touches the caller's volume.
     """
     disp, how = to_display_orientation(labels)
-    data = np.array(disp.array, copy=True)
+    # paint on our own copy, but copy once: a reoriented volume is a fresh array already
+    data = np.array(disp.array, copy=True) if np.shares_memory(disp.array, labels.array) else disp.array
     kwargs: dict[str, Any] = {
         "name": name or labels.name or "labels",
         "metadata": _metadata(labels, how, case_id=case_id, role="labels"),
