@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
 from ..core.case import Case, CaseEntry, load_entries, scan_case
 from .layers import case_layer_data
 from .views import PLANES, set_plane
+from .workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,11 @@ log = logging.getLogger(__name__)
 class LoadCaseWidget(QWidget):
     """Load a case (folder, files or DICOM folder) as one layer per sequence plus labels."""
 
-    def __init__(self, napari_viewer: Any) -> None:
+    def __init__(self, napari_viewer: Any, workspace: Workspace | None = None) -> None:
         super().__init__()
         self.viewer = napari_viewer
+        #: The shared state of this viewer's case (see `workspace.Workspace`).
+        self.workspace = workspace if workspace is not None else Workspace.of(napari_viewer)
         self.entries: list[CaseEntry] = []
         self.case: Case | None = None
         self._worker: Any = None
@@ -162,6 +165,7 @@ class LoadCaseWidget(QWidget):
         self.case = case
         for data, kwargs, kind in case_layer_data(case):
             getattr(self.viewer, f"add_{kind}")(data, **kwargs)
+        self.workspace.set_case(case, sources=[e.path for e in self.entries])
         set_plane(self.viewer, "axial")
         mis = case.misregistered()
         msg = f"{case.case_id}: {', '.join(case.names)} (reference {case.reference})"

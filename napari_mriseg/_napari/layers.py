@@ -18,6 +18,8 @@ from ..core.resample import resample_to_grid, to_display_orientation
 from ..core.volume import Grid, Volume
 
 KEY = "mriseg"
+#: Name of the labels layer the clinician corrects (one per viewer).
+LABELS_LAYER = "labels"
 
 #: BraTS-style label names and colours (RGBA); other values get napari's automatic colours.
 LABEL_NAMES = {1: "necrotic core", 2: "oedema", 3: "enhancing tumour"}
@@ -115,9 +117,10 @@ def case_layer_data(case: Case, *, with_empty_labels: bool = True) -> list[tuple
     order = [n for n in case.names if n != case.reference] + [case.reference]
     layers = [image_layer_data(case[n], case_id=case.case_id) for n in order]
     if case.labels is not None:
-        layers.append(labels_layer_data(case.labels, case_id=case.case_id))
+        layers.append(labels_layer_data(case.labels, case_id=case.case_id, name=LABELS_LAYER))
     elif with_empty_labels:
-        layers.append(labels_layer_data(Volume.zeros_like_labels(case.grid), case_id=case.case_id))
+        layers.append(labels_layer_data(Volume.zeros_like_labels(case.grid), case_id=case.case_id,
+                                         name=LABELS_LAYER))
     return layers
 
 
