@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -17,6 +19,14 @@ ORIENTATIONS = [
     for perm in itertools.permutations(range(3))
     for flips in itertools.product((False, True), repeat=3)
 ]
+
+
+def keep_screenshot(path: Path) -> None:
+    """Copy a screenshot to $MRISEG_SCREENSHOT_DIR when set, so a person can look at it."""
+    target = os.environ.get("MRISEG_SCREENSHOT_DIR")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(target) / path.name)
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -16,18 +14,10 @@ from napari_mriseg._napari.views import set_plane
 from napari_mriseg.core.io import read_volume, write_volume
 from napari_mriseg.core.volume import Volume
 
-from .conftest import ORIENTATIONS
+from .conftest import ORIENTATIONS, keep_screenshot
 
 pytestmark = pytest.mark.gui
 PLUGIN = "napari-mriseg"
-
-
-def keep_screenshot(path: Path) -> None:
-    """Copy a screenshot to $MRISEG_SCREENSHOT_DIR when set, so a person can look at it."""
-    target = os.environ.get("MRISEG_SCREENSHOT_DIR")
-    if target:
-        Path(target).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(target) / path.name)
 
 
 def las_marker_nifti(path: Path, ornt: np.ndarray) -> Path:
@@ -293,3 +283,29 @@ def test_labels_layer_data_never_shares_the_callers_voxels(direction):
     assert kind == "labels" and data.flags.writeable
     data[...] = 7  # painting the layer
     assert labels.array.max() == 0
+
+
+def test_panels_of_one_viewer_share_one_workspace(make_napari_viewer, qtbot, tmp_path):
+    from napari_mriseg._napari._load_widget import LoadCaseWidget
+    from napari_mriseg._napari.workspace import Workspace
+    from napari_mriseg.core.phantom import make_phantom_case, write_phantom_case
+
+    viewer = make_napari_viewer()
+    first = LoadCaseWidget(viewer)
+    viewer.window.add_dock_widget(first, name="Load case")
+    assert Workspace.of(viewer) is first.workspace
+    second = LoadCaseWidget(viewer)
+    assert second.workspace is first.workspace
+    other = make_napari_viewer()
+    assert Workspace.of(other) is not first.workspace  # one workspace per viewer, not global
+
+    case_dir = write_phantom_case(make_phantom_case(3, spacing_mm=3.0, misalign=False), tmp_path / "case")
+    seen = []
+    first.workspace.case_changed.connect(seen.append)
+    first.scan(str(case_dir))
+    first.load()
+    qtbot.waitUntil(lambda: bool(seen), timeout=20000)
+    assert seen[0].case_id == first.workspace.case_id != ""
+    assert first.workspace.labels_layer() is viewer.layers["labels"]
+    first.workspace.ensure_masks()
+    assert first.workspace.touched.shape == viewer.layers["labels"].data.shape
