@@ -309,3 +309,24 @@ def test_panels_of_one_viewer_share_one_workspace(make_napari_viewer, qtbot, tmp
     assert first.workspace.labels_layer() is viewer.layers["labels"]
     first.workspace.ensure_masks()
     assert first.workspace.touched.shape == viewer.layers["labels"].data.shape
+
+
+def test_workspace_edits_are_one_undo_step_and_marked_touched(make_napari_viewer):
+    from napari_mriseg._napari.workspace import Workspace
+    from napari_mriseg.core.phantom import make_phantom_case
+
+    viewer = make_napari_viewer()
+    ws = Workspace(viewer)
+    ws.set_case(make_phantom_case(4, spacing_mm=4.0, misalign=False).case)
+    layer = ws.labels_layer(create=True)
+    ws.watch_labels()
+    before = layer.data.copy()
+    idx = np.nonzero(np.ones((2, 3, 4), bool))
+    assert ws.edit_labels(idx, 2) == 24
+    assert ws.edit_labels(idx, 2) == 0  # nothing changes twice
+    assert ws.touched.sum() == 24 and ws.dirty
+    layer.paint((5, 5, 5), 3)  # the brush is tracked too
+    assert ws.touched.sum() > 24
+    layer.undo()
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, before)

@@ -73,6 +73,9 @@ class Workspace(QObject):
         self.touched: np.ndarray | None = None
         #: Voxels the clinician marked as reviewed (bool, labels layer's array shape).
         self.reviewed: np.ndarray | None = None
+        #: True when the labels changed since they were last saved or exported.
+        self.dirty = False
+        self._watched: Any = None
 
     # ------------------------------------------------------------------ finding it
     @classmethod
@@ -100,6 +103,7 @@ class Workspace(QObject):
         self.prediction = None
         self.touched = None
         self.reviewed = None
+        self.dirty = False
         self.case_changed.emit(case)
 
     def apply_registration(self, registration: CaseRegistration | None) -> None:
@@ -136,6 +140,61 @@ class Workspace(QObject):
         data, kwargs, _ = labels_layer_data(Volume.zeros_like_labels(self.case.grid), case_id=self.case_id,
                                             name=LABELS_LAYER)
         return self.viewer.add_labels(data, **kwargs)
+
+    def watch_labels(self) -> Any:
+        """Track edits of the labels layer (brush, fill, panels) in `touched`; returns the layer.
+
+        Safe to call repeatedly: the layer is connected once.
+        """
+        layer = self.labels_layer()
+        if layer is None or layer is self._watched:
+            return layer
+        if self._watched is not None:
+            self._watched.events.paint.disconnect(self._on_paint)
+        layer.events.paint.connect(self._on_paint)
+        self._watched = layer
+        self.ensure_masks()
+        return layer
+
+    def _on_paint(self, event: Any) -> None:
+        self.ensure_masks()
+        assert self.touched is not None
+        for atom in event.value or ():
+            if hasattr(atom, "slice_key"):  # napari's masked-paint atom: a box and a mask in it
+                box = self.touched[atom.slice_key]
+                if atom.mask is None:
+                    box[...] = True
+                else:
+                    box[atom.mask] = True
+            else:  # (indices, old values, new values)
+                self.touched[tuple(atom[0])] = True
+        self.dirty = True
+        self.labels_edited.emit()
+
+    def edit_labels(self, indices: tuple[np.ndarray, ...], values: Any) -> int:
+        """Set labels voxels as ONE undoable step of napari's history (Ctrl+Z undoes it).
+
+        Parameters
+        ----------
+        indices : tuple of int arrays
+            Voxel indices in the labels layer's array (its axis order).
+        values : int or int array
+            The new label(s), broadcast against ``indices``.
+
+        Returns
+        -------
+        int
+            The number of voxels whose label changed.
+        """
+        layer = self.watch_labels()
+        if layer is None:
+            raise RuntimeError("no labels layer to edit")
+        before = np.asarray(layer.data[indices])
+        changed = int(np.count_nonzero(before != values))
+        if changed:
+            with layer.block_history():
+                layer.data_setitem(indices, values)
+        return changed
 
     def ensure_masks(self) -> None:
         """Allocate the touched/reviewed masks to the labels layer's shape if they do not fit."""
