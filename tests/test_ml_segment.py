@@ -157,3 +157,23 @@ def test_demo_model_segments_an_unseen_phantom():
     res = segment(case, DEMO, device="cpu")
     assert res.labels.grid.mismatch(pc.truth.grid) is None
     assert evaluate(res.labels, pc.truth)["whole_tumour"]["dice"] > 0.8
+
+
+@pytest.mark.skipif(not DEMO.exists(), reason="the demo model is made by scripts/train_demo_model.py")
+def test_segment_one_slice_agrees_with_the_volume_and_leaves_the_rest_empty():
+    from napari_mriseg.core.phantom import make_phantom_case
+    from napari_mriseg.core.resample import resample_to_grid
+
+    case = make_phantom_case(7002, spacing_mm=2.0, misalign=False).case
+    for name in case.misregistered():
+        case = case.with_sequence(name, resample_to_grid(case[name], case.grid))
+    all_windows = []
+    full = segment(case, DEMO, progress=lambda done, total: all_windows.append(total)).labels.array
+    z = int(np.argwhere(full > 0)[:, 0].mean())
+    windows = []
+    one = segment(case, DEMO, roi=(slice(z, z + 1), slice(None), slice(None)),
+                  progress=lambda done, total: windows.append(total)).labels.array
+    assert (full[z] > 0).sum() > 50
+    assert (one[z] == full[z]).mean() > 0.998  # same network, a window centred on the slice
+    assert not np.delete(one, z, axis=0).any()
+    assert windows[-1] * 2 <= all_windows[-1]  # one window deep: in-plane windows only

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +13,7 @@ from scipy import ndimage
 from ..core.case import Case
 from ..core.errors import OptionError, check_choice
 from ..core.resample import resample_to_grid
-from ..core.volume import Volume
+from ..core.volume import Grid, Volume
 from .errors import MissingSequenceError
 from .model_file import Model, load_model
 from .preprocess import bounding_box, check_channels, head_mask, model_grid, normalise
@@ -86,9 +86,40 @@ def fill_holes_per_class(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def _context_2d(axis: int) -> tuple[int, int, int]:
+    """Context (voxels) a 2D model needs around a box: none across slices, all in-plane."""
+    ctx = [10**6] * 3
+    ctx[axis] = 0
+    return tuple(ctx)  # type: ignore[return-value]
+
+
+def _roi_in_model_grid(roi: Sequence[slice], ref: Grid, mgrid: Grid, foreground: tuple[slice, ...],
+                       context: Sequence[int]) -> tuple[slice, ...]:
+    """The model-grid box covering ``roi`` (reference voxels) plus ``context`` voxels shared
+    between its two sides, cut to the foreground box (never empty: at least one voxel thick).
+
+    With a context of patch - 1, a one-slice roi is covered by exactly one window along that axis,
+    the slice at the window's centre."""
+    bounds = [s.indices(n)[:2] for s, n in zip(roi, ref.shape)]
+    corners = np.array([[a - 0.5, b - 0.5, c - 0.5] for a in bounds[0] for b in bounds[1] for c in bounds[2]])
+    idx = mgrid.world_to_index(ref.index_to_world(corners))
+    lo, hi = np.floor(idx.min(0) + 0.5).astype(int), np.ceil(idx.max(0) + 0.5).astype(int)
+    out = []
+    for ax in range(3):
+        before = int(context[ax]) // 2
+        start = max(foreground[ax].start, lo[ax] - before)
+        stop = min(foreground[ax].stop, hi[ax] + int(context[ax]) - before)
+        if stop <= start:  # the roi lies outside the head: keep one slice so shapes stay valid
+            start = min(max(lo[ax], 0), mgrid.shape[ax] - 1)
+            stop = start + 1
+        out.append(slice(int(start), int(stop)))
+    return tuple(out)
+
+
 def segment(case: Case | Mapping[str, Volume], model: Model | str | Path, *, device: str = "auto",
             tta: bool = False, overlap: float = 0.5, batch_size: int = 2, postprocess: bool = False,
             return_probabilities: bool = False, return_uncertainty: bool = False,
+            roi: Sequence[slice] | None = None,
             progress: Callable[[int, int], None] | None = None,
             cancel: Callable[[], bool] | None = None) -> Segmentation:
     """Segment ``case`` with ``model``; the labels lie voxel for voxel on the case's reference grid.
@@ -109,6 +140,10 @@ def segment(case: Case | Mapping[str, Volume], model: Model | str | Path, *, dev
         Keep the largest component of each label and fill its holes.
     return_probabilities, return_uncertainty : bool
         Also return per-class probabilities / TTA disagreement (uncertainty implies ``tta``).
+    roi : sequence of 3 slices, optional
+        Only segment this box of the reference grid (voxel indices, axis order Z, Y, X), e.g. one
+        slice for interactive work. The network still sees half a patch of context around it;
+        labels outside the box are 0.
     progress : callable(done, total), optional
         Windows done out of total, after each batch.
     cancel : callable() -> bool, optional
@@ -144,6 +179,9 @@ def segment(case: Case | Mapping[str, Volume], model: Model | str | Path, *, dev
     mask = head_mask(x)
     normalise(x, cfg.normalisation, mask, out=x)
     box = bounding_box(mask)
+    if roi is not None:
+        context = ([p - 1 for p in cfg.patch_size_3d] if cfg.axis_2d is None else _context_2d(cfg.axis_2d))
+        box = _roi_in_model_grid(roi, ref_grid, mgrid, box, context)
     xc, mc = x[(slice(None),) + box], mask[box]
     axis = cfg.axis_2d
     if axis is not None:  # slices along `axis` become the first axis
@@ -170,6 +208,10 @@ def segment(case: Case | Mapping[str, Volume], model: Model | str | Path, *, dev
     labels = Volume.on_grid(lut[uncrop(res.labels)], mgrid, kind="label", name="labels")
     labels = resample_to_grid(labels, ref_grid)
     arr = labels.array
+    if roi is not None:
+        keep = np.zeros(arr.shape, bool)
+        keep[tuple(roi)] = True
+        arr = np.where(keep, arr, 0).astype(arr.dtype)
     if postprocess:
         arr = fill_holes_per_class(largest_component_per_class(arr))
     out = Segmentation(Volume.on_grid(arr, ref_grid, kind="label", name="labels",
