@@ -76,6 +76,7 @@ class Workspace(QObject):
         #: True when the labels changed since they were last saved or exported.
         self.dirty = False
         self._watched: Any = None
+        self._model_writing = False
 
     # ------------------------------------------------------------------ finding it
     @classmethod
@@ -157,6 +158,10 @@ class Workspace(QObject):
         return layer
 
     def _on_paint(self, event: Any) -> None:
+        self.dirty = True
+        if self._model_writing:  # the model's own output is not a clinician's edit
+            self.labels_edited.emit()
+            return
         self.ensure_masks()
         assert self.touched is not None
         for atom in event.value or ():
@@ -168,10 +173,9 @@ class Workspace(QObject):
                     box[atom.mask] = True
             else:  # (indices, old values, new values)
                 self.touched[tuple(atom[0])] = True
-        self.dirty = True
         self.labels_edited.emit()
 
-    def edit_labels(self, indices: tuple[np.ndarray, ...], values: Any) -> int:
+    def edit_labels(self, indices: tuple[np.ndarray, ...], values: Any, *, by_model: bool = False) -> int:
         """Set labels voxels as ONE undoable step of napari's history (Ctrl+Z undoes it).
 
         Parameters
@@ -180,6 +184,8 @@ class Workspace(QObject):
             Voxel indices in the labels layer's array (its axis order).
         values : int or int array
             The new label(s), broadcast against ``indices``.
+        by_model : bool
+            The change is a model's prediction, not a clinician's edit: `touched` is left as is.
 
         Returns
         -------
@@ -192,8 +198,12 @@ class Workspace(QObject):
         before = np.asarray(layer.data[indices])
         changed = int(np.count_nonzero(before != values))
         if changed:
-            with layer.block_history():
-                layer.data_setitem(indices, values)
+            self._model_writing = by_model
+            try:
+                with layer.block_history():
+                    layer.data_setitem(indices, values)
+            finally:
+                self._model_writing = False
         return changed
 
     def ensure_masks(self) -> None:
