@@ -71,6 +71,8 @@ def _metadata(volume: Volume, how: str, *, case_id: str, role: str) -> dict[str,
         "display": how,
         "source": volume.meta.get("source"),
         "warnings": list(volume.meta.get("warnings", [])),
+        "window_center": volume.meta.get("window_center"),
+        "window_width": volume.meta.get("window_width"),
     }}
 
 
