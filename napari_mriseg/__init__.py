@@ -23,6 +23,7 @@ _LAZY = {
     "segment": "napari_mriseg.ml.segment",
     "train": "napari_mriseg.ml.training",
     "evaluate": "napari_mriseg.ml.metrics",
+    "export_case": "napari_mriseg.core.export",
     "load_model": "napari_mriseg.ml.model_file",
     "MriSegError": "napari_mriseg.core.errors",
     "GeometryMismatchError": "napari_mriseg.core.errors",

@@ -16,13 +16,15 @@ from importlib import import_module
 from .. import __version__
 from ..core.errors import MriSegError
 
-COMMAND_MODULES = ("napari_mriseg.cli.data", "napari_mriseg.cli.registration", "napari_mriseg.cli.ml")
+COMMAND_MODULES = ("napari_mriseg.cli.data", "napari_mriseg.cli.registration", "napari_mriseg.cli.ml",
+                   "napari_mriseg.cli.export")
 
 EPILOG = """examples:
   mriseg demo                                   open napari with the sample case
   mriseg info case_folder/                      sequences, shape, spacing, orientation
   mriseg convert dicom_folder/ t1.nii.gz        DICOM series to NIfTI, geometry intact
   mriseg phantom --out phantoms/ --cases 5      synthetic cases with known labels
+  mriseg export registered/ labels.nii.gz --dataset DS   add a corrected case to a training dataset
 run `mriseg COMMAND --help` for the options and an example of each command."""
 
 
