@@ -44,6 +44,42 @@ def test_loss_is_low_for_right_and_high_for_wrong_logits():
     assert float(dice_ce_loss(wrong, y)) > 2
 
 
+def test_ignored_voxels_count_in_neither_loss_term():
+    from napari_mriseg.ml.training import IGNORE_INDEX
+
+    y = torch.randint(0, 3, (2, 6, 6, 6))
+    right = torch.nn.functional.one_hot(y, 3).movedim(-1, 1).float() * 20
+    hidden = y.clone()
+    hidden[:, :3] = IGNORE_INDEX
+    wrong_there = right.clone()
+    wrong_there[:, :, :3] = torch.roll(right[:, :, :3], 1, dims=1)  # wrong only where ignored
+    assert float(dice_ce_loss(wrong_there, y)) > 1
+    assert float(dice_ce_loss(wrong_there, hidden)) < 0.01
+    assert torch.isfinite(dice_ce_loss(right, torch.full_like(y, IGNORE_INDEX)))
+
+
+def test_a_dataset_with_unreviewed_ignore_voxels_trains_and_fine_tunes(tmp_path):
+    import nibabel as nib
+
+    from napari_mriseg.core.dataset import read_dataset
+
+    ds = _dataset(tmp_path / "ds")
+    first = train(ds, tmp_path / "m.mriseg", TINY)
+    meta = json.loads((ds / "dataset.json").read_text())
+    meta["labels"]["ignore"] = 4
+    (ds / "dataset.json").write_text(json.dumps(meta))
+    f = ds / "labelsTr" / "000_S_0000-I0.nii.gz"
+    img = nib.load(f)
+    lab = np.asarray(img.dataobj).copy()
+    lab[:3] = 4  # three unreviewed slices
+    nib.save(nib.Nifti1Image(lab, img.affine, img.header), f)
+    assert read_dataset(ds).class_labels == {"necrotic": 1, "oedema": 2, "enhancing": 3}
+    scratch = train(ds, tmp_path / "s.mriseg", TINY)
+    assert load_model(scratch.best).config.labels == {"necrotic": 1, "oedema": 2, "enhancing": 3}
+    tuned = train(ds, tmp_path / "t.mriseg", TINY, init=first.best)
+    assert load_model(tuned.best).config.out_channels == 4
+
+
 def test_augmentation_moves_image_and_labels_together():
     gen = torch.Generator().manual_seed(0)
     y = torch.zeros(4, 16, 16, 16, dtype=torch.long)

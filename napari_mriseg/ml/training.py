@@ -36,6 +36,8 @@ from .split import DEFAULT_SUBJECT_PATTERN, check_split, make_split, read_split,
 from .unet import build_network
 
 log = logging.getLogger(__name__)
+#: Class index of voxels carrying nnU-Net's ``ignore`` label in training targets (left out of the loss).
+IGNORE_INDEX = 255
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,10 @@ def _prepare(info, case_id: str, model_cfg: ModelConfig) -> _Prepared:
     lut = np.zeros(256, np.uint8)
     for k, v in enumerate(model_cfg.labels.values(), start=1):
         lut[v] = k
-    unknown = set(np.unique(labels.array).tolist()) - {0, *model_cfg.labels.values()}
+    ignore = info.ignore_value
+    if ignore is not None:
+        lut[ignore] = IGNORE_INDEX
+    unknown = set(np.unique(labels.array).tolist()) - {0, *model_cfg.labels.values()} - {ignore}
     if unknown:
         raise DatasetError(f"case {case_id!r} has label values {sorted(unknown)} not in the dataset's labels",
                            path=info.root)
@@ -150,11 +155,15 @@ def _sample(cases: list[_Prepared], patch: tuple[int, int, int], n: int, fg_frac
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
     """Cross-entropy + (1 - soft Dice over foreground classes, batch Dice).
 
-    ``logits`` ``(B, K, ...)``, ``target`` ``(B, ...)`` class indices.
+    ``logits`` ``(B, K, ...)``, ``target`` ``(B, ...)`` class indices; voxels equal to
+    `IGNORE_INDEX` (nnU-Net's ``ignore`` label: not reviewed) count in neither term.
     """
-    ce = F.cross_entropy(logits, target)
-    probs = torch.softmax(logits.float(), 1)
-    onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).float()
+    ce = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX) if (target != IGNORE_INDEX).any() \
+        else logits.sum() * 0.0
+    valid = (target != IGNORE_INDEX).unsqueeze(1).float()
+    probs = torch.softmax(logits.float(), 1) * valid
+    onehot = F.one_hot(target.clamp_max(logits.shape[1] - 1) * (target != IGNORE_INDEX),
+                       logits.shape[1]).movedim(-1, 1).float() * valid
     dims = (0,) + tuple(range(2, logits.ndim))
     inter = (probs * onehot).sum(dims)
     denom = probs.sum(dims) + onehot.sum(dims)
@@ -191,8 +200,11 @@ def _validate(net, cases: list[_Prepared], cfg: ModelConfig, device: str, overla
     for c in cases:
         res = sliding_window(c.image, network_predictor(net, cfg.architecture.dim), patch, overlap=overlap,
                              batch_size=2, device=device)
-        per_case.append(dice_per_class(res.labels, c.labels, cfg.out_channels))
-        wt.append(dice_per_class((res.labels > 0).astype(np.uint8), (c.labels > 0).astype(np.uint8), 2)[0])
+        ignored = c.labels == IGNORE_INDEX  # not reviewed: scored neither way
+        pred = np.where(ignored, IGNORE_INDEX, res.labels)
+        per_case.append(dice_per_class(pred, c.labels, cfg.out_channels))
+        wt.append(dice_per_class(((pred > 0) & ~ignored).astype(np.uint8),
+                                 ((c.labels > 0) & ~ignored).astype(np.uint8), 2)[0])
     net.train()
     mean = np.mean(per_case, axis=0)
     out = {name: float(d) for name, d in zip(cfg.labels, mean)}
@@ -289,7 +301,7 @@ def train(dataset_dir: str | Path, out: str | Path, config: TrainConfig | None =
         arch = Architecture(dim=cfg.dim, depth=cfg.depth, base_features=cfg.base_features, norm=cfg.norm,
                             residual=cfg.residual, deep_supervision=cfg.deep_supervision)
         model_cfg = ModelConfig(sequences=info.channel_names,
-                                labels={k: v for k, v in info.labels.items() if v != 0}, architecture=arch,
+                                labels=info.class_labels, architecture=arch,
                                 target_spacing=spacing, patch_size=cfg.patch_size, axis_2d=cfg.axis_2d)
     if list(model_cfg.sequences) != list(info.channel_names):
         raise DatasetError(f"dataset channels {list(info.channel_names)} differ from the model's "
