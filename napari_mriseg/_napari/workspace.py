@@ -44,14 +44,16 @@ class Workspace(QObject):
     prediction_changed(object)
         A model prediction arrived; the prediction `Volume` (reference grid) or None.
     labels_edited()
-        The labels were changed by a panel's operation (painting by hand emits napari's own
-        ``layer.events.paint``).
+        The labels changed (a brush stroke, a panel's operation, or the model's output).
+    reviewed_changed()
+        Slices or regions were marked reviewed (`reviewed` changed).
     """
 
     case_changed = Signal(object)
     registration_changed = Signal(object)
     prediction_changed = Signal(object)
     labels_edited = Signal()
+    reviewed_changed = Signal()
 
     def __init__(self, viewer: Any, parent: QObject | None = None) -> None:
         super().__init__(parent)
