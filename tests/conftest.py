@@ -29,6 +29,12 @@ def keep_screenshot(path: Path) -> None:
         shutil.copy(path, Path(target) / path.name)
 
 
+@pytest.fixture(autouse=True)
+def _private_recovery_dir(tmp_path_factory, monkeypatch):
+    """Autosave recovery files of a test go to a temporary folder, never to the user's."""
+    monkeypatch.setenv("MRISEG_RECOVERY_DIR", str(tmp_path_factory.mktemp("recovery")))
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20261121)

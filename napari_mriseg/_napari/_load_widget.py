@@ -27,7 +27,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.case import Case, CaseEntry, load_entries, scan_case
-from .layers import case_layer_data
+from .layers import KEY, case_layer_data
 from .views import PLANES, set_plane
 from .workspace import Workspace
 
@@ -163,6 +163,7 @@ class LoadCaseWidget(QWidget):
 
     def _show_case(self, case: Case) -> None:
         self.case = case
+        self._remove_previous_case()
         for data, kwargs, kind in case_layer_data(case):
             getattr(self.viewer, f"add_{kind}")(data, **kwargs)
         self.workspace.set_case(case, sources=[e.path for e in self.entries])
@@ -173,6 +174,22 @@ class LoadCaseWidget(QWidget):
             msg += f"; not on the reference grid yet: {', '.join(mis)} (co-register them)"
         self.status.setText(msg)
         show_info(f"Loaded {msg}")
+
+    def _remove_previous_case(self) -> None:
+        """Remove the layers of the case worked on so far (its unsaved edits were autosaved when
+        an autosaver runs): one case per viewer, so the panels never mix two cases' layers."""
+        previous = self.workspace.case
+        if previous is None:
+            return
+        from .autosave import autosaver_of
+
+        saver = autosaver_of(self.workspace)
+        if saver is not None and saver.has_unsaved_work:
+            saver.save_now()  # before its layers go
+        for layer in list(self.viewer.layers):
+            info = layer.metadata.get(KEY) or {}
+            if info.get("case_id") == previous.case_id:
+                self.viewer.layers.remove(layer)
 
     def _fail(self, exc: BaseException) -> None:
         log.error("load failed: %s", exc)
