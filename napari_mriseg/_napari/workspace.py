@@ -231,6 +231,11 @@ def _find_workspace(widget: Any, viewer: Any) -> Workspace | None:
             pass
     for w in seen:
         ws = getattr(w, "workspace", None)
-        if isinstance(ws, Workspace) and ws.viewer is viewer:
+        if isinstance(ws, Workspace) and _unwrap(ws.viewer) is _unwrap(viewer):
             return ws
     return None
+
+
+def _unwrap(viewer: Any) -> Any:
+    """The viewer behind napari's ``PublicOnlyProxy`` (what plugin widgets are given)."""
+    return getattr(viewer, "__wrapped__", viewer)
