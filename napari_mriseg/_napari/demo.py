@@ -20,9 +20,10 @@ PLUGIN = "napari-mriseg"
 
 
 def open_demo_viewer(*, show: bool = True) -> tuple[Any, Any]:
-    """A napari viewer with the Load case widget docked and the sample case loaded in it.
+    """A napari viewer with the MRI workflow dock (all panels) and the sample case loaded in it.
 
-    Returns ``(viewer, load_widget)`` once the case is on screen.
+    Returns ``(viewer, load_widget)`` once the case is on screen (the workflow dock is
+    ``load_widget.parent()``'s ancestor; its panels share the load widget's workspace).
     """
     import napari
     from qtpy.QtWidgets import QApplication
@@ -30,7 +31,8 @@ def open_demo_viewer(*, show: bool = True) -> tuple[Any, Any]:
     if not SAMPLE_CASE.is_dir():
         raise MriSegError("the sample case is missing; reinstall napari-mriseg", path=SAMPLE_CASE)
     viewer = napari.Viewer(title="napari-mriseg demo", show=show)
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Load case")
+    _, workflow = viewer.window.add_plugin_dock_widget(PLUGIN, "MRI workflow")
+    widget = workflow.show_panel("Load")
     widget.scan(str(SAMPLE_CASE))
     worker = widget.load()
     deadline = time.monotonic() + 120
