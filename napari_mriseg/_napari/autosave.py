@@ -96,13 +96,19 @@ def _layer_grid(layer: Any):
 def _napari_qt_window(viewer: Any) -> tuple[QWidget | None, QWidget | None]:
     """napari's Qt main window of ``viewer`` and its canvas widget, or ``(None, None)``.
 
-    PRIVATE napari API (``viewer.window._qt_window`` and ``._qt_viewer``, napari 0.5-0.9): napari
-    has no public hook to veto closing its window. Used only here; if a napari release renames
-    them, the close guard is not installed (autosave and restore still work) and a warning is logged.
+    napari has no public hook to veto closing its window; the private access lives in
+    `_napari_adapter` (one place for every napari internal). If a napari release renames it, the
+    close guard is not installed (autosave and restore still work) and a warning is logged.
     """
+    from . import _napari_adapter as adapter
+
+    viewer = adapter.unwrap_viewer(viewer)
     window = getattr(viewer, "window", None)
-    main = getattr(window, "_qt_window", None)
-    canvas = getattr(window, "_qt_viewer", None)
+    main = adapter.main_window(viewer)
+    try:
+        canvas = adapter.main_qt_viewer(viewer) if main is not None else None
+    except AttributeError:
+        canvas = None
     if window is not None and main is None:
         log.warning("napari's window has no _qt_window: closing with unsaved corrections will not ask")
     return main, canvas
