@@ -107,23 +107,29 @@ def test_affine_recovers_a_known_affine_better_than_rigid(phantom):
     assert affine < 1.0 and affine < 0.5 * rigid, (affine, rigid)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: the B-spline stage does not yet beat rigid on this phantom "
-                   "(residual 1.43 mm vs rigid 1.23 mm); see the registration report")
-def test_bspline_recovers_a_smooth_deformation_better_than_rigid(phantom):
+@pytest.mark.parametrize("sd_mm,seed", [(3.0, 5), pytest.param(6.0, 11, marks=pytest.mark.slow)])
+def test_bspline_recovers_a_smooth_deformation_better_than_rigid_and_affine(phantom, sd_mm, seed):
+    """A known smooth warp (cubic B-spline, 3x3x3 mesh over the t1 grid, control points N(0, sd))
+    of the aligned T2, recovered from T1 (2 mm phantom, T2 with 4 mm slices). Mean residual over
+    brain voxels, measured (sd 3 mm / 6 mm): identity 1.37 / 3.42, rigid 1.23 / 2.81, affine
+    1.18 / 2.44, B-spline 0.77 / 0.96 mm. The floor is the data: rigidly registering the truly
+    aligned T2 to T1 already ends 0.6 mm from the truth (thick slices, bias fields)."""
     import SimpleITK as sitk
 
     from napari_mriseg.core.convert import to_sitk
 
     t1 = phantom.case["t1"]
     known = sitk.BSplineTransformInitializer(to_sitk(t1), [3, 3, 3], 3)
-    known.SetParameters(np.random.default_rng(5).normal(0.0, 3.0, known.GetNumberOfParameters()).tolist())
+    known.SetParameters(np.random.default_rng(seed).normal(0.0, sd_mm, known.GetNumberOfParameters()).tolist())
     moving = apply_transform(_aligned_t2(phantom), known, t1.grid)
     points = _brain_points(phantom)
     rigid = _residual(register(t1, moving).transform, known, points)
+    affine = _residual(register(t1, moving, transform="affine").transform, known, points)
     result = register(t1, moving, transform="bspline")
     deformable = _residual(result.transform, known, points)
-    assert deformable < 0.7 * rigid, (deformable, rigid)
-    assert result.quality.bspline_max_mm > 0.5
+    figures = {"rigid": round(rigid, 3), "affine": round(affine, 3), "bspline": round(deformable, 3)}
+    assert deformable < 0.7 * rigid and deformable < 0.8 * affine, figures
+    assert result.quality.bspline_max_mm > 0.5 and result.quality.plausible, result.quality.problems
 
 
 def test_progress_reports_and_cancel_stops_with_nothing_changed():
