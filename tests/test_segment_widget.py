@@ -140,31 +140,38 @@ def test_misregistered_case_is_refused_with_the_fix(make_napari_viewer, phantom)
     assert "mapped to two" in widget.check_label.text()
 
 
-def test_next_uncertain_region_walks_unreviewed_regions(make_napari_viewer, qtbot, phantom):
+def test_next_uncertain_region_walks_unreviewed_regions(make_napari_viewer, phantom):
+    """Three uncertain blobs of known sizes: visited largest first, reviewed ones skipped."""
+    from napari_mriseg.core.volume import Volume
+
     _, case = phantom
     viewer = make_napari_viewer()
     ws, widget = _open(viewer, case)
-    widget.uncertainty.setChecked(True)
-    _run(qtbot, widget)
-    assert "uncertainty" in viewer.layers
+    unc = np.zeros(case.grid.shape, np.float32)
+    blobs = {"big": (slice(10, 20), slice(20, 30), slice(20, 30)),      # 1000 voxels
+             "middle": (slice(30, 36), slice(40, 50), slice(40, 50)),   # 600
+             "small": (slice(40, 44), slice(10, 15), slice(60, 65))}    # 100
+    for box in blobs.values():
+        unc[box] = 0.5
+    unc[0, 0, 0] = 0.1  # under the threshold: not a region
+    widget._set_image("uncertainty", Volume.on_grid(unc, case.grid, name="uncertainty"), colormap="magma",
+                      limits=(0.0, 1.0))
     regions = widget.uncertain_regions()
-    assert regions, "TTA on a phantom should disagree somewhere (tumour borders)"
-    first = widget.next_uncertain_region()
-    np.testing.assert_allclose(first, regions[0][1])
+    assert [r[0] for r in regions] == [1000, 600, 100]
+    centre = widget.next_uncertain_region()
     layer = viewer.layers["uncertainty"]
-    world = np.asarray(layer.data_to_world(first))
-    np.testing.assert_allclose(viewer.dims.point, world, atol=max(layer.scale))
-    # the next click goes to another region
-    if len(regions) > 1:
-        second = widget.next_uncertain_region()
-        np.testing.assert_allclose(second, regions[1][1])
-    # reviewing the largest region makes it drop out of the list
+    assert layer.data[tuple(np.round(centre).astype(int))] == 0.5
+    # the sliders snap to voxel centres: within half a voxel of the centre
+    np.testing.assert_allclose(viewer.dims.point, layer.data_to_world(centre), atol=max(layer.scale) / 2 + 1e-6)
+    # the clinician reviews the middle blob (in the labels layer's voxels: same display grid here)
     from scipy import ndimage
 
-    lab, n = ndimage.label(np.asarray(layer.data) >= 0.25)
-    sizes = np.bincount(lab.ravel())
-    largest = int(np.argmax(np.where(np.arange(n + 1) == 0, 0, sizes)))
-    assert sizes[largest] == regions[0][0]
     ws.ensure_masks()
-    ws.reviewed[lab == largest] = True
-    assert len(widget.uncertain_regions()) == len(regions) - 1
+    lab = ndimage.label(np.asarray(layer.data) == 0.5)[0]
+    sizes = np.bincount(lab.ravel())
+    ws.reviewed[lab == int(np.flatnonzero(sizes == 600)[0])] = True
+    assert [r[0] for r in widget.uncertain_regions()] == [1000, 100]
+    third = widget.next_uncertain_region()  # the big one was shown already: the small one is next
+    assert lab[tuple(np.round(third).astype(int))] == int(np.flatnonzero(sizes == 100)[0])
+    assert widget.next_uncertain_region() is None
+    assert "no uncertain region" in widget.status.text()
