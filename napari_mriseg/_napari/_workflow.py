@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtWidgets import QLabel, QScrollArea, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QLabel, QScrollArea, QSplitter, QTabWidget, QVBoxLayout, QWidget
 
 from .workspace import PREDICTION_LAYER, Workspace
 
@@ -44,13 +45,13 @@ class WorkflowWidget(QWidget):
         self.viewer = napari_viewer
         self.workspace = workspace if workspace is not None else Workspace(napari_viewer, parent=self)
         ws = self.workspace
-        view = QWidget()
-        view_layout = QVBoxLayout(view)
-        view_layout.setContentsMargins(0, 0, 0, 0)
+        # window/level above the linked views, the border between them draggable
+        view = QSplitter(Qt.Orientation.Vertical)
         self.window_level = WindowLevelWidget(napari_viewer, ws)
         self.multiview = MultiViewWidget(napari_viewer, ws)
-        view_layout.addWidget(self.window_level)
-        view_layout.addWidget(self.multiview)
+        view.addWidget(self.window_level)
+        view.addWidget(self.multiview)
+        view.setStretchFactor(1, 1)
         self.panels: dict[str, QWidget] = {
             "Load": LoadCaseWidget(napari_viewer, ws),
             "Register": RegisterWidget(napari_viewer, ws),
@@ -61,6 +62,9 @@ class WorkflowWidget(QWidget):
         }
         self.tabs = QTabWidget()
         for name in self.PANELS:
+            if name == "View":  # the views need the whole tab, not a scroll area
+                self.tabs.addTab(self.panels[name], name)
+                continue
             scroll = QScrollArea()
             scroll.setWidgetResizable(True)
             scroll.setWidget(self.panels[name])

@@ -328,7 +328,11 @@ def _run(method, level: _Level, tracker: _Progress, label: str) -> None:
 
 def _optimise_linear(levels: list[_Level], tx: Any, settings: RegistrationSettings,
                      tracker: _Progress, label: str) -> None:
+    """Optimise ``tx`` in place level by level; a level that ends with a worse metric than it
+    started with (the optimiser climbed away, as affine can on a low-contrast pair) is undone."""
     for level in levels:
+        start_params = tx.GetParameters()
+        start_metric = _metric(level.fixed, level.moving, level.mask, tx, settings, level.samples)
         r = _method(level.fixed, level.mask, settings, level.samples)
         r.SetOptimizerAsRegularStepGradientDescent(
             learningRate=level.spacing, minStep=settings.min_step * level.spacing,
@@ -336,6 +340,12 @@ def _optimise_linear(levels: list[_Level], tx: Any, settings: RegistrationSettin
         r.SetOptimizerScalesFromPhysicalShift()
         r.SetInitialTransform(tx, inPlace=True)
         _run(r, level, tracker, f"{label} at {level.spacing:g} mm")
+        end_metric = _metric(level.fixed, level.moving, level.mask, tx, settings, level.samples)
+        if start_metric is not None and (end_metric is None or end_metric > start_metric):
+            log.warning("%s: %s at %g mm made the metric worse (%.4f -> %s); that level is undone",
+                        tracker.name, label, level.spacing, start_metric,
+                        "no overlap" if end_metric is None else f"{end_metric:.4f}")
+            tx.SetParameters(start_params)
 
 
 def _optimise_bspline(level: _Level, linear: Any, settings: RegistrationSettings, tracker: _Progress) -> Any:
@@ -428,6 +438,16 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask: V
         rigid = sitk.Euler3DTransform(init)
     else:
         rigid.SetCenter(c_fixed.tolist())
+    if initialization in ("moments", "search"):
+        # the scanner's alignment may be better than the centres of mass (a head cut differently
+        # by two fields of view moves its centre of mass): start from whichever fits better
+        scanner = sitk.Euler3DTransform()
+        scanner.SetCenter(c_fixed.tolist())
+        coarse = levels[0]
+        m_moments = _metric(coarse.fixed, coarse.moving, coarse.mask, rigid, settings, coarse.samples)
+        m_scanner = _metric(coarse.fixed, coarse.moving, coarse.mask, scanner, settings, coarse.samples)
+        if m_scanner is not None and (m_moments is None or m_scanner < m_moments):
+            rigid = scanner
     if initialization == "search":
         rigid = _rotation_search(levels[0], rigid, settings)
     _check_overlap(levels[0], rigid, settings, name)
