@@ -474,9 +474,17 @@ def test_native_labels_travel_with_the_case(registered, phantom, on_disk, tmp_pa
 
 
 def test_dicom_seg_needs_highdicom(phantom, tmp_path):
+    import pydicom
+    from pydicom.uid import generate_uid
+
     from .test_dicom import _write_series
 
     _write_series(tmp_path / "dicom", proj=(0.0, 2.5, 5.0, 7.5))
+    frame_of_reference = generate_uid()  # a scanner writes one per study; the test writer does not
+    for f in (tmp_path / "dicom").glob("*.dcm"):
+        ds = pydicom.dcmread(str(f))
+        ds.FrameOfReferenceUID = frame_of_reference
+        ds.save_as(str(f))
     case = load_case(tmp_path / "dicom")
     labels = Volume.zeros_like_labels(case.grid)
     labels.array[1:3, 2:4, 2:5] = 1
@@ -488,8 +496,6 @@ def test_dicom_seg_needs_highdicom(phantom, tmp_path):
             export_dicom_seg(labels, tmp_path / "dicom", tmp_path / "seg.dcm")
         assert not (tmp_path / "seg.dcm").exists()
         return
-    import pydicom
-
     out = export_dicom_seg(labels, tmp_path / "dicom", tmp_path / "seg.dcm")
     seg = pydicom.dcmread(str(out))
     assert seg.Modality == "SEG" and [str(x.SegmentLabel) for x in seg.SegmentSequence] == ["necrotic", "enhancing"]

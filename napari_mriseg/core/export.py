@@ -753,6 +753,11 @@ def export_dicom_seg(labels: Volume, dicom_folder: str | Path, path: str | Path,
         raise DatasetError(f"choose one DICOM series (series=); found {[s.summary() for s in all_series]}",
                            path=dicom_folder)
     sources = [pydicom.dcmread(str(f)) for f in chosen[0].files]
+    for ds in sources:  # type 2 attributes highdicom copies: present (empty) even when a writer left them out
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "StudyDate",
+                        "StudyTime", "AccessionNumber", "ReferringPhysicianName"):
+            if keyword not in ds:
+                setattr(ds, keyword, "")
     names = dict(label_names or DEFAULT_LABELS)
     lab = np.asarray(labels.array)
     values = sorted(v for v in set(np.unique(lab).tolist()) - {0})
