@@ -21,7 +21,7 @@ as napari's ``preserve_labels`` extended to three levels:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -310,19 +310,12 @@ def remove_islands(labels: np.ndarray, label: int | None, *, min_volume_mm3: flo
 
     Returns a new label map.
     """
-    labels = _labels3d(labels)
     voxel_mm3 = float(np.prod(_spacing(spacing)))
-    out = np.array(labels, copy=True)
-    for lab in _present(labels, label):
-        mask = labels == lab
-        box = _bbox(mask)
-        if box is None:
-            continue
-        comp, sizes = _components(mask[box], connectivity)
-        small = sizes * voxel_mm3 < min_volume_mm3
-        small[0] = False
-        out[box][small[comp]] = 0
-    return out
+
+    def small(sizes: np.ndarray) -> np.ndarray:
+        return sizes * voxel_mm3 < min_volume_mm3
+
+    return _erase_components(labels, label, connectivity, small)
 
 
 def keep_largest_component(labels: np.ndarray, label: int | None, *, connectivity: int = 3) -> np.ndarray:
@@ -330,6 +323,19 @@ def keep_largest_component(labels: np.ndarray, label: int | None, *, connectivit
 
     Of pieces of equal size the first in array order is kept.
     """
+
+    def all_but_largest(sizes: np.ndarray) -> np.ndarray:
+        drop = np.ones(sizes.size, bool)
+        drop[1 + int(np.argmax(sizes[1:]))] = False
+        return drop
+
+    return _erase_components(labels, label, connectivity, all_but_largest)
+
+
+def _erase_components(labels: np.ndarray, label: int | None, connectivity: int,
+                      drop: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """A copy of ``labels`` with the connected pieces of ``label`` (None: of every label) that
+    ``drop(voxel counts per piece, index 0 = background)`` marks True set to background."""
     labels = _labels3d(labels)
     out = np.array(labels, copy=True)
     for lab in _present(labels, label):
@@ -338,12 +344,10 @@ def keep_largest_component(labels: np.ndarray, label: int | None, *, connectivit
         if box is None:
             continue
         comp, sizes = _components(mask[box], connectivity)
-        if sizes.size <= 2:
-            continue
-        sizes[0] = 0
-        drop = np.ones(sizes.size, bool)
-        drop[[0, int(np.argmax(sizes))]] = False
-        out[box][drop[comp]] = 0
+        erase = np.asarray(drop(sizes), bool)
+        erase[0] = False
+        if erase.any():
+            out[box][erase[comp]] = 0
     return out
 
 

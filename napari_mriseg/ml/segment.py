@@ -63,16 +63,9 @@ def network_predictor(network: Callable, dim: int) -> Callable:
 
 def largest_component_per_class(labels: np.ndarray) -> np.ndarray:
     """Keep only the largest 26-connected component of each non-zero label (others -> 0)."""
-    out = labels.copy()
-    for value in np.unique(labels):
-        if value == 0:
-            continue
-        comp, n = ndimage.label(labels == value, structure=np.ones((3, 3, 3), bool))
-        if n > 1:
-            sizes = np.bincount(comp.ravel())
-            sizes[0] = 0
-            out[(comp > 0) & (comp != int(np.argmax(sizes)))] = 0
-    return out
+    from ..core.label_ops import keep_largest_component
+
+    return keep_largest_component(labels, None, connectivity=3)
 
 
 def fill_holes_per_class(labels: np.ndarray) -> np.ndarray:
