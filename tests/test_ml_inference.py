@@ -196,3 +196,126 @@ def test_agrees_with_monai_on_a_real_unet():
     ours = sliding_window(img, net, (16, 16, 16), overlap=0.5, batch_size=3, mask=mask, return_probabilities=True)
     np.testing.assert_allclose(ours.probabilities[:, mask], ref[:, mask], atol=1e-5)
     np.testing.assert_array_equal(ours.labels[mask], ref.argmax(0)[mask])
+
+
+def _context_predictor(x: torch.Tensor) -> torch.Tensor:
+    """Not pointwise: each voxel's logit mixes its value, the window's mean and its place in the
+    window, so the blended result depends on which windows ran and how they were weighted."""
+    ramp = torch.linspace(-1, 1, x.shape[2]).view(1, 1, -1, 1, 1)
+    m = x[:, :1].mean(dim=(2, 3, 4), keepdim=True)
+    fg = x[:, :1] + 0.5 * m + 0.3 * ramp
+    return torch.cat([torch.zeros_like(fg), fg, 0.5 * fg - 0.2], 1)
+
+
+def _reference_blend(img, predictor, patch, overlap, mask):
+    """Plain full-volume Gaussian blending, one window per call: the result batching must keep."""
+    from napari_mriseg.ml.inference import window_starts
+
+    shape = img.shape[1:]
+    starts = [window_starts(s, p, overlap) for s, p in zip(shape, patch)]
+    w = gaussian_importance(patch)
+    acc, wsum = torch.zeros((3, *shape)), torch.zeros(shape)
+    for z in starts[0]:
+        for y in starts[1]:
+            for x in starts[2]:
+                sl = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
+                if not mask[sl].any():
+                    continue
+                acc[(slice(None), *sl)] += predictor(torch.from_numpy(img[(slice(None), *sl)])[None])[0] * w
+                wsum[sl] += w
+    return torch.softmax(acc / wsum.clamp_min(1e-12), 0).numpy(), wsum.numpy() > 0
+
+
+def test_batches_span_rows_so_a_3d_network_never_gets_a_lone_window():
+    """Rows of 3 and 4 windows: batches cross rows; only the final odd window is padded."""
+    rng = np.random.default_rng(6)
+    img = rng.normal(size=(1, 28, 20, 36)).astype(np.float32)
+    mask = np.zeros(img.shape[1:], bool)
+    mask[:, 2, 2:10] = True  # every z row keeps 3 of its 4 x 8 windows ...
+    mask[0, 19, 35] = True  # ... the first row a 4th: 19 windows in all
+    patch = (8, 8, 8)
+    ref, covered = _reference_blend(img, _context_predictor, patch, 0.5, mask)
+    results = {}
+    for bs in (1, 2, 3, 4):
+        p = Counting(_context_predictor)
+        res = sliding_window(img, p, patch, overlap=0.5, batch_size=bs, mask=mask, return_probabilities=True)
+        results[bs] = res
+        assert res.windows == 19
+        # full batches although rows hold 3 or 4 windows; a batch of one 3D window runs as a pair on
+        # the CPU (PyTorch's oneDNN path), and the copy's output is dropped
+        expected = [2] * 19 if bs == 1 else [bs] * (19 // bs) + ([max(19 % bs, 2)] if 19 % bs else [])
+        assert p.batches == expected
+        np.testing.assert_allclose(res.probabilities[:, covered], ref[:, covered], atol=1e-6)
+    for bs in (2, 3, 4):
+        np.testing.assert_array_equal(results[bs].labels, results[1].labels)
+        np.testing.assert_array_equal(results[bs].probabilities, results[1].probabilities)
+
+
+def test_2d_windows_are_not_padded():
+    """pz = 1 (a 2D network): PyTorch's batch-1 Conv2d already runs on oneDNN, so no pad is added."""
+    img = np.random.default_rng(7).normal(size=(1, 3, 24, 24)).astype(np.float32)
+    p = Counting()
+    res = sliding_window(img, p, (1, 16, 16), overlap=0.5, batch_size=2)
+    assert res.windows == 3 * 2 * 2 and p.batches == [2] * 6
+    p = Counting()
+    sliding_window(img, p, (1, 16, 16), overlap=0.5, batch_size=1)
+    assert p.batches == [1] * 12
+    np.testing.assert_array_equal(res.labels, (img[0] > 0).astype(np.uint8))
+
+
+def _small_unet(dim=3):
+    from napari_mriseg.ml.config import Architecture, ModelConfig
+    from napari_mriseg.ml.unet import build_network
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(sequences=("a", "b"), architecture=Architecture(dim=dim, depth=3, base_features=4),
+                      patch_size=(16,) * dim, axis_2d=0 if dim == 2 else None)
+    return build_network(cfg).eval()
+
+
+def test_module_predictor_runs_a_channels_last_copy_and_leaves_the_network_alone():
+    from napari_mriseg.ml.inference import module_predictor
+
+    net = _small_unet()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    pred = module_predictor(net, 3, channels_last=True)
+    x = torch.randn(3, 2, 16, 16, 16)
+    with torch.inference_mode():
+        out, ref = pred(x), net(x)
+    assert out.is_contiguous() and out.shape == ref.shape
+    np.testing.assert_allclose(out.numpy(), ref.numpy(), atol=1e-5)
+    for k, v in net.state_dict().items():  # the caller's weights: same values, same (default) layout
+        assert v.is_contiguous() and torch.equal(v, before[k])
+    assert module_predictor(net, 3, channels_last=False) is net
+    net2 = _small_unet(dim=2)
+    pred2 = module_predictor(net2, 2)
+    x2 = torch.randn(2, 2, 1, 16, 16)
+    with torch.inference_mode():
+        np.testing.assert_array_equal(pred2(x2)[:, :, 0].numpy(), net2(x2[:, :, 0]).numpy())
+
+
+def test_precision_is_checked_and_bf16_stays_close_to_fp32(monkeypatch):
+    from napari_mriseg.core.errors import OptionError
+    from napari_mriseg.ml import inference
+
+    img = np.random.default_rng(8).normal(size=(2, 20, 24, 18)).astype(np.float32)
+    with pytest.raises(OptionError, match="'auto', 'fp32', 'bf16'.*'fp16'"):
+        sliding_window(img, threshold_predictor, (8, 8, 8), precision="fp16")
+    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: False)
+    with pytest.raises(OptionError, match="AVX512-BF16 or AMX.*use precision 'fp32'"):
+        sliding_window(img, threshold_predictor, (8, 8, 8), precision="bf16")
+    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: True)  # emulated where absent: slow, same numbers
+    pred = inference.module_predictor(_small_unet(), 3)
+    seen = []
+
+    def spy(x):
+        out = pred(x)
+        seen.append(out.dtype)
+        return out
+
+    f32 = sliding_window(img, pred, (16, 16, 16), return_probabilities=True, precision="fp32")
+    b16 = sliding_window(img, spy, (16, 16, 16), return_probabilities=True, precision="bf16")
+    assert set(seen) == {torch.bfloat16}
+    dp = np.abs(f32.probabilities - b16.probabilities).max()
+    assert 0 < dp < 5e-2
+    assert (f32.labels == b16.labels).mean() > 0.97

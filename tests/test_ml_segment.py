@@ -180,3 +180,34 @@ def test_segment_one_slice_agrees_with_the_volume_and_leaves_the_rest_empty(demo
     assert (one[z] == full[z]).mean() > 0.998  # same network, a window centred on the slice
     assert not np.delete(one, z, axis=0).any()
     assert windows[-1] * 2 <= all_windows  # one window deep: in-plane windows only
+
+
+def test_precision_option_and_the_models_network_is_left_in_its_layout(monkeypatch):
+    from napari_mriseg.core.errors import OptionError
+    from napari_mriseg.ml import inference
+    from napari_mriseg.ml.inference import sliding_window
+    from napari_mriseg.ml.preprocess import head_mask, normalise
+
+    case, _ = _case(shape=(12, 20, 24))
+    cfg = ModelConfig(sequences=("t1", "flair"), architecture=Architecture(depth=2, base_features=4),
+                      target_spacing=SPACING, patch_size=(8, 16, 16))
+    torch.manual_seed(0)
+    model = Model(cfg, build_network(cfg).eval())
+    res = segment(case, model, device="cpu", return_probabilities=True)
+    assert all(p.is_contiguous() for p in model.network.parameters())  # the layout change was on a copy
+    # the same windows with the network as it is (default layout): the same labels
+    x = np.stack([case[s].array.astype(np.float32) for s in cfg.sequences])
+    mask = head_mask(x)
+    normalise(x, cfg.normalisation, mask, out=x)
+    from napari_mriseg.ml.preprocess import bounding_box
+
+    box = bounding_box(mask)
+    raw = sliding_window(np.ascontiguousarray(x[(slice(None), *box)]), model.network, cfg.patch_size_3d,
+                         mask=mask[box], return_probabilities=True)
+    probs = np.stack([res.probabilities[n].array for n in ("background", *cfg.labels)])
+    np.testing.assert_allclose(probs[(slice(None), *box)], raw.probabilities, atol=1e-5)
+    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: False)
+    with pytest.raises(OptionError, match="bf16"):
+        segment(case, model, device="cpu", precision="bf16")
+    with pytest.raises(OptionError, match="precision"):
+        segment(case, model, device="cpu", precision="half")
