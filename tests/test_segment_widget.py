@@ -112,6 +112,33 @@ def test_segment_this_slice_changes_only_that_slice(make_napari_viewer, qtbot, p
     assert set(changed[:, 0]) == {z}
 
 
+def test_bf16_precision_gives_nearly_the_fp32_labels(make_napari_viewer, qtbot, phantom, monkeypatch):
+    import napari_mriseg.ml.segment as seg
+    from napari_mriseg.ml.inference import cpu_supports_bf16
+
+    used = []
+    real = seg.segment
+    monkeypatch.setattr(seg, "segment", lambda *a, **kw: used.append(kw["precision"]) or real(*a, **kw))
+
+    _, case = phantom
+    viewer = make_napari_viewer()
+    ws, widget = _open(viewer, case)
+    bf16_item = widget.precision.model().item(2)
+    assert bf16_item.isEnabled() == cpu_supports_bf16() or widget.device.model().item(2).isEnabled()
+    if not bf16_item.isEnabled():
+        pytest.skip("this CPU has no bfloat16 units: the panel greys bf16 out")
+    widget.precision.setCurrentText("fp32")
+    _run(qtbot, widget)
+    fp32 = viewer.layers["labels"].data.copy()
+    widget.precision.setCurrentText("bf16")
+    widget.overwrite.setChecked(True)
+    _run(qtbot, widget)
+    bf16 = viewer.layers["labels"].data
+    assert (fp32 > 0).sum() > 1000
+    assert (bf16 == fp32).mean() > 0.999
+    assert used == ["fp32", "bf16"]
+
+
 def test_cancel_leaves_the_labels_untouched(make_napari_viewer, qtbot, phantom):
     _, case = phantom
     viewer = make_napari_viewer()
