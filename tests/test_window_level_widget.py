@@ -187,6 +187,20 @@ def test_closing_the_panel_detaches_the_drag(make_napari_viewer, qtbot, case):
     viewer.layers.selection.active = viewer.layers["t2"]
 
 
+def test_detach_after_the_viewer_is_torn_down_does_not_raise():
+    """A panel destroyed after its viewer (at exit) detaches from a viewer model whose fields are
+    gone; an exception there, inside a Qt ``destroyed`` slot, would abort the process."""
+    from types import SimpleNamespace
+
+    from napari_mriseg._napari._window_level import WindowLevelDrag
+
+    drag = WindowLevelDrag(SimpleNamespace())  # no mouse_drag_callbacks any more
+    drag.detach()
+    drag.viewer = SimpleNamespace(mouse_drag_callbacks=[drag])
+    drag.detach()
+    assert drag.viewer.mouse_drag_callbacks == []
+
+
 def _canvas(viewer):
     # napari has no public handle on its canvas widget; tests may reach for it, the plugin does not
     return viewer.window._qt_viewer.canvas.native

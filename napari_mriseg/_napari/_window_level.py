@@ -192,9 +192,12 @@ class WindowLevelDrag:
             cam.mouse_pan = active.mouse_pan if active is not None else was_panning
 
     def detach(self) -> None:
-        """Remove the drag from the viewer's ``mouse_drag_callbacks`` (safe to call twice)."""
-        if self in self.viewer.mouse_drag_callbacks:
-            self.viewer.mouse_drag_callbacks.remove(self)
+        """Remove the drag from the viewer's ``mouse_drag_callbacks`` (safe to call twice, and
+        after the viewer is torn down: this runs from a Qt ``destroyed`` signal, where an
+        exception would abort the process)."""
+        callbacks = getattr(self.viewer, "mouse_drag_callbacks", None)
+        if callbacks is not None and self in callbacks:
+            callbacks.remove(self)
 
 
 def attach_window_level_drag(viewer: Any, *, target: Callable[[], Any] | None = None,
