@@ -11,7 +11,15 @@ Measures, in a napari window with the `MultiViewWidget` docked (run it under Xvf
   redrew (includes napari's 5 ms mouse-move throttle timer); median and 95th percentile (goal:
   p95 under 16 ms); plus the whole stroke (press, moves, release and the undo step);
 * resident memory (VmRSS) of the process: viewer with the layers, then with the layout: the views
-  add no copy of any volume (the image is 150 MiB, the labels 75 MiB).
+  add no copy of any volume (the image is 150 MiB, the labels 75 MiB);
+* the stages of a cursor move: `set_cursor` before the event loop runs (napari's slicing in each
+  of the four models, the crosshairs, the readout), and what the event loop then does (every
+  canvas draws, the window composes once);
+* the floors this machine sets, measured the same way: napari alone redrawing its canvas without
+  a new slice; a repaint of one small widget of the window (Qt composes the WHOLE window through
+  OpenGL once a window holds a QOpenGLWidget: with Mesa's software GL on Xvfb this is the floor of
+  any update, a brush step's included); the four canvases redrawn without a new slice (the floor
+  of a cursor move if slicing cost nothing).
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/bench_views.py [--moves 60]
 """
@@ -60,10 +68,18 @@ def _pct(values: list[float]) -> str:
     return f"median {np.median(a):6.1f} ms   p95 {np.percentile(a, 95):6.1f} ms   (n={len(a)})"
 
 
+def _med(values: list[float]) -> float:
+    return float(np.median(np.asarray(values) * 1000)) if len(values) else float("nan")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--moves", type=int, default=60, help="cursor moves to time")
     parser.add_argument("--steps", type=int, default=60, help="brush steps to time")
+    parser.add_argument("--gap", type=float, default=0.02,
+                        help="seconds of event processing between two timed moves (0.02: napari's trailing "
+                             "work of one move, its layer list and status bar, may fall into the next; 0.15: "
+                             "each move timed on a quiet window)")
     args = parser.parse_args()
 
     import napari
@@ -137,6 +153,34 @@ def main() -> int:
 
     # ---------------------------------------------------------------- baseline: napari alone
     count_draws("main", adapter.main_qt_viewer(viewer))
+    main_canvas = adapter.canvas_widget(adapter.main_qt_viewer(viewer))
+    status_bar = adapter.main_window(viewer).statusBar()
+
+    def until_drawn(names: list[str], start) -> float:
+        """Seconds from calling ``start`` until every canvas in ``names`` has drawn (and the event
+        that drew them, the window's composition included, has returned)."""
+        before = {n: drawn[n] for n in names}
+        t = time.perf_counter()
+        start()
+        while any(drawn[n] == before[n] for n in names) and time.perf_counter() < t + 2:
+            app.processEvents()
+        return time.perf_counter() - t
+
+    def repeat(fn, n: int) -> list[float]:
+        out = []
+        for _ in range(n + 2):
+            pump(0.03)
+            out.append(fn())
+        return out[2:]
+
+    def timed_repaint(widget) -> float:
+        t = time.perf_counter()
+        widget.repaint()  # paints now: the widget, then Qt composes and flushes the window
+        return time.perf_counter() - t
+
+    n_floor = max(10, args.moves // 2)
+    floor_base_canvas = repeat(lambda: until_drawn(["main"], main_canvas.update), n_floor)
+    floor_base_compose = repeat(lambda: timed_repaint(status_bar), n_floor)
     lo = np.asarray([r.start for r in viewer.dims.range])
     hi = np.asarray([r.stop for r in viewer.dims.range])
     rng = np.random.default_rng(1)
@@ -152,7 +196,6 @@ def main() -> int:
     base_moves = base_moves[3:]
     viewer.layers.selection.active = labels
     labels.mode, labels.brush_size, labels.selected_label = "paint", 10, 3
-    main_canvas = adapter.canvas_widget(adapter.main_qt_viewer(viewer))
     base_steps, base_whole = strokes("main", main_canvas, labels, args.steps // 2)
     labels.mode = "pan_zoom"
     for _ in base_whole:  # leave the labels as they were
@@ -171,6 +214,35 @@ def main() -> int:
     for name, view in widget.views.items():
         count_draws(name, view.qt)
 
+    # floors with the layout: one small widget repainted (the window composes); the four
+    # canvases redrawn without a new slice (overlays included)
+    floor_compose = repeat(lambda: timed_repaint(widget.readout), n_floor)
+
+    def redraw_all() -> None:
+        for _, (_, overlay) in canvases.items():
+            overlay.update()
+        for qt_viewer in [adapter.main_qt_viewer(viewer), *(v.qt for v in widget.views.values())]:
+            adapter.canvas_widget(qt_viewer).update()
+
+    floor_4 = repeat(lambda: until_drawn(list(canvases), redraw_all), n_floor)
+    floor_view = repeat(lambda: until_drawn(["coronal"], adapter.canvas_widget(widget.views["coronal"].qt).update),
+                        n_floor)
+
+    # stages of a cursor move: each model's slicing (the adapter's set_dims_point, timed here);
+    # set_cursor as a whole
+    slicing: dict[str, list[float]] = {n: [] for n in canvases}
+    names = {id(model): n for n, (model, _) in canvases.items()}
+    set_dims_point = getattr(adapter, "set_dims_point", None)  # None: an older adapter (A/B runs)
+
+    def timed_set_dims_point(model, point) -> None:
+        t = time.perf_counter()
+        set_dims_point(model, point)
+        slicing[names.get(id(model), "other")].append(time.perf_counter() - t)
+
+    if set_dims_point is not None:
+        adapter.set_dims_point = timed_set_dims_point
+    sync: list[float] = []
+
     def timed_move(point) -> float:
         """Seconds from set_cursor until every canvas whose slice changed has drawn (GL) and every
         crosshair overlay has painted."""
@@ -178,6 +250,7 @@ def main() -> int:
         gl, paints = dict(drawn), {n: o.paints for n, (_, o) in canvases.items()}
         t = time.perf_counter()
         widget.set_cursor(point)
+        sync.append(time.perf_counter() - t)
         resliced = [n for n, (m, _) in canvases.items() if tuple(m.dims.point) != points[n]]
         while time.perf_counter() < t + 2.0 and (any(drawn[n] == gl[n] for n in resliced) or any(
                 o.paints == paints[n] for n, (_, o) in canvases.items())):
@@ -185,14 +258,20 @@ def main() -> int:
         return time.perf_counter() - t
 
     moves, clicks = [], []
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     for _ in range(args.moves + 5):
         point = lo + (hi - lo) * rng.uniform(0.2, 0.8, 3)
         moves.append(timed_move(point))  # all three slices change: all four canvases reslice
-        pump(0.02)
+        pump(args.gap)
         point[1:] = (lo + (hi - lo) * rng.uniform(0.2, 0.8, 3))[1:]
         clicks.append(timed_move(point))  # a click in the axial view: coronal and sagittal reslice
-        pump(0.02)
+        pump(args.gap)
+    cpu_per_move = (time.process_time() - cpu0) / (2 * (args.moves + 5))
+    busy = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
     moves, clicks = moves[5:], clicks[5:]  # warm-up
+    if set_dims_point is not None:
+        adapter.set_dims_point = set_dims_point
+    sync_moves = sync[10::2]  # set_cursor of the moves (3 slices), after the warm-up
 
     viewer.layers.selection.active = labels
     labels.mode = "paint"
@@ -211,6 +290,20 @@ def main() -> int:
     print(f"cursor move, 3 slices -> 4 canvases redrawn: {_pct(moves)}   (goal: median < 30 ms)")
     print(f"click in the axial view (2 slices change)  : {_pct(clicks)}")
     print(f"brush step in the coronal view             : {_pct(steps)}   (goal: p95 < 16 ms)")
+    print("stages of a cursor move (medians): set_cursor before the event loop "
+          f"{_med(sync_moves):.1f} ms, of which napari's slicing per model: "
+          + ", ".join(f"{n} {_med(v[5:]):.1f}" for n, v in slicing.items() if n != "other")
+          + f" ms; then the event loop: the rest of the move ({_med(moves) - _med(sync_moves):.1f} ms)")
+    print(f"CPU time per move or click, all threads (GL's included), trailing work included: "
+          f"{cpu_per_move * 1000:.1f} ms ({busy:.2f} cores busy while moving, {args.gap * 1000:.0f} ms gaps)")
+    print("floors of this machine (software GL on Xvfb; the window composes through OpenGL):")
+    print(f"  napari alone: main canvas redrawn, same slice   : {_pct(floor_base_canvas)}")
+    print(f"  napari alone: status bar repainted (composition): {_pct(floor_base_compose)}")
+    print(f"  layout: one small widget repainted (composition): {_pct(floor_compose)}   "
+          "<- floor of any update, a brush step's too")
+    print(f"  layout: coronal canvas redrawn, same slice      : {_pct(floor_view)}")
+    print(f"  layout: 4 canvases redrawn, same slices         : {_pct(floor_4)}   "
+          "<- floor of a cursor move if slicing cost nothing")
     print(f"whole stroke (20 steps, no hand pauses)    : {_pct(whole)}; undo steps on the main layer: {n_undo}")
     print(f"RSS: viewer with the layers {rss_viewer:.0f} MiB, with the layout {rss_layout:.0f} MiB "
           f"(+{rss_layout - rss_viewer:.0f} MiB); the image is {image.array.nbytes / 2**20:.0f} MiB, "

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from qtpy.QtCore import QEvent, QPointF, Qt
+from qtpy.QtCore import QEvent, QObject, QPointF, Qt
 from qtpy.QtGui import QMouseEvent
 from qtpy.QtTest import QTest
 from qtpy.QtWidgets import QApplication
@@ -101,6 +101,18 @@ def _crosses_at(view, c) -> bool:
         if abs(world[axis] - c[axis]) > 1e-6:
             return False
     return len(lines) >= 2  # up to 4: a segment ending at the volume's edge is left out
+
+
+class _EventCounter(QObject):
+    """Counts the events of one type a widget receives (install it as an event filter)."""
+
+    def __init__(self, kind) -> None:
+        super().__init__()
+        self.kind, self.n = kind, 0
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
+        self.n += event.type() == self.kind
+        return False
 
 
 def _shot(viewer, name: str) -> Path:
@@ -227,6 +239,19 @@ def test_one_cursor_links_clicks_sliders_and_all_canvases(make_napari_viewer, qt
     ax.mirrors[t1].events.set_data.connect(lambda e: calls.append(1))
     widget.set_cursor((1.0, 4.0, -3.0))  # same S: the axial view keeps its slice
     assert calls == []
+    # a move of all three slices: each view's layer sliced once, and no new layout asked of the
+    # window (the readout repaints itself only; a QLabel's setText re-lays out the dock, then
+    # napari's whole main window, which composes once more)
+    qtbot.wait(50)  # what earlier steps posted is delivered first
+    layout_requests = _EventCounter(QEvent.Type.LayoutRequest)
+    widget.installEventFilter(layout_requests)
+    sliced = {name: [] for name in widget.views}
+    for name, view in widget.views.items():
+        view.mirrors[t1].events.set_data.connect(lambda e, n=name: sliced[n].append(1))
+    widget.set_cursor((5.0, -6.5, 6.0))
+    qtbot.wait(50)
+    assert sliced == {"axial": [1], "coronal": [1], "sagittal": [1]}
+    assert "z +5.0 mm" in widget.readout.text() and layout_requests.n == 0
     widget.close_views()
 
 
@@ -265,8 +290,11 @@ def test_painting_in_the_coronal_view_writes_its_slice_and_undoes_in_main(make_n
     j = int(np.round(labels.world_to_data(cursor)[1]))
     viewer.layers.selection.active = labels
     labels.mode, labels.brush_size, labels.selected_label = "paint", 3, 2
-    axial_refreshes = []
-    ax.mirrors[labels].events.set_data.connect(lambda e: axial_refreshes.append(1))
+    axial_partial, axial_full = [], []
+    ax.mirrors[labels].events.labels_update.connect(lambda e: axial_partial.append(e.offset))
+    ax.mirrors[labels].events.set_data.connect(lambda e: axial_full.append(1))
+    qtbot.wait(50)
+    axial_before = widget.screenshot_view("axial")
     stroke = [(centre[0] + dx, centre[1]) for dx in range(0, 50, 5)]
     _drag(canvas, stroke)
     painted = np.argwhere(np.asarray(labels.data) == 2)
@@ -278,8 +306,11 @@ def test_painting_in_the_coronal_view_writes_its_slice_and_undoes_in_main(make_n
     assert labels.data[tuple(np.round(labels.world_to_data(cursor)).astype(int))] == 2
     assert labels.data[tuple(end_idx)] == 2
     assert painted[:, 2].max() > np.round(labels.world_to_data(cursor)[2])
-    # the axial view shows the cursor's slice, which the stroke crossed: it was redrawn
-    assert axial_refreshes
+    # the axial view shows the cursor's slice, which the stroke crossed: the painted box of it was
+    # redrawn (a partial texture update, not a new slice of the whole layer), and it shows
+    assert axial_partial and not axial_full
+    qtbot.wait(50)
+    assert np.any(widget.screenshot_view("axial") != axial_before)
     # the stroke is ONE undo step of the main labels layer; the workspace saw the edit
     assert touched_events and widget.workspace.touched[tuple(painted.T)].all()
     labels.undo()

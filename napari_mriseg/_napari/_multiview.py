@@ -23,11 +23,22 @@ made by `_napari_adapter`, the only module touching napari internals), linked to
   shapes layer), resampled in mm by `napari_mriseg.core.reslice`, in a fourth view.
 * **3D**: the main canvas renders one sequence as a volume and the labels as iso-surfaces, with a
   clipping plane through the cursor (axial, coronal, sagittal or the oblique plane).
+
+Speed (``benchmarks/bench_views.py``): a cursor move does all its work in one event-loop turn, so
+each canvas draws once and the window composes once (with a QOpenGLWidget in it, Qt composes the
+WHOLE window through OpenGL on every update: 13-16 ms with software GL on Xvfb, the floor of any
+update). Hence the crosshairs and the readout are updated synchronously (1-2 ms) rather than from
+a timer, and the readout is a `Readout`, which never asks for a new layout (a QLabel's ``setText``
+re-lays out the window: one more composition per move). Each view slices its layers once per move
+(`_napari_adapter.set_dims_point`), without thumbnails (`mute_thumbnail`) or a transform rebuild
+(`skip_unchanged_matrix`); a brush stroke redraws only the painted box in the other canvases
+(`refresh_labels_box`), in the same turn as the painting canvas.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,8 +46,10 @@ import numpy as np
 from napari.layers import Image, Labels, Layer, Shapes
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QEvent, QLineF, QObject, QSize, Qt, QTimer
-from qtpy.QtGui import QColor, QFontDatabase, QPainter, QPen
+from qtpy.QtGui import QColor, QFontDatabase, QKeySequence, QPainter, QPen
 from qtpy.QtWidgets import (
+    QAction,
+    QApplication,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
@@ -89,14 +102,23 @@ LABEL_RENDERINGS = ("iso_categorical", "translucent")
 #: During a stroke, the other canvases are refreshed at most once per this many ms.
 REFRESH_MS = 30
 CROSS_GAP_PX = 8
+MARKER_COLOR = "#ffe082"  #: orientation letters
+_EDGES = {"top": Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop,
+          "bottom": Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignBottom,
+          "left": Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
+          "right": Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter}
 _OWN = "mriseg-view"  # metadata key of the oblique view's own layers (never mirrored)
 
 
 class CanvasOverlay(QWidget):
     """Drawn over a canvas: orientation letters at its edges and the crosshair (QPainter).
 
-    Transparent for the mouse; follows the canvas' size and calls ``on_resize`` after a resize.
+    One widget, no children: the letters are painted with the lines (four QLabels per canvas
+    were sixteen more widgets for Qt to repaint whenever any canvas redrew). Transparent for the
+    mouse; follows the canvas' size and calls ``on_resize`` after a resize.
     """
+
+    MARGINS = (4, 2)  #: letters' distance from the edges, pixels (x, y)
 
     def __init__(self, canvas: QWidget, on_resize: Callable[[], None] | None = None) -> None:
         super().__init__(canvas)
@@ -105,21 +127,13 @@ class CanvasOverlay(QWidget):
         self.on_resize = on_resize
         #: crosshair segments in canvas pixels: ``((x0, y0), (x1, y1), colour)``
         self.lines: list[tuple[tuple[float, float], tuple[float, float], str]] = []
+        #: the letter shown at each edge ("top", "bottom", "left", "right")
+        self.markers: dict[str, str] = {}
         self.paints = 0
-        self.labels: dict[str, QLabel] = {}
-        grid = QGridLayout(self)
-        grid.setContentsMargins(4, 2, 4, 2)
-        centre, middle = Qt.AlignmentFlag.AlignHCenter, Qt.AlignmentFlag.AlignVCenter
-        where = {"top": (0, 1, centre | Qt.AlignmentFlag.AlignTop), "left": (1, 0, Qt.AlignmentFlag.AlignLeft | middle),
-                 "right": (1, 2, Qt.AlignmentFlag.AlignRight | middle),
-                 "bottom": (2, 1, centre | Qt.AlignmentFlag.AlignBottom)}
-        for edge, (r, c, align) in where.items():
-            lab = QLabel("")
-            lab.setStyleSheet("color: #ffe082; background: transparent; font-weight: bold; font-size: 13px;")
-            grid.addWidget(lab, r, c, align)
-            self.labels[edge] = lab
-        grid.setRowStretch(1, 1)
-        grid.setColumnStretch(1, 1)
+        font = self.font()
+        font.setBold(True)
+        font.setPixelSize(13)
+        self.setFont(font)
         canvas.installEventFilter(self)
         self.setGeometry(canvas.rect())
         self.show()  # a child added to a visible widget stays hidden until shown
@@ -133,12 +147,14 @@ class CanvasOverlay(QWidget):
 
     def set_markers(self, markers: dict[str, str] | None) -> None:
         """Show ``{"top": "A", ...}`` at the edges (None: no letters, e.g. in 3D)."""
-        for edge, lab in self.labels.items():
-            lab.setText("" if markers is None else markers.get(edge, ""))
+        markers = {k: v for k, v in (markers or {}).items() if k in _EDGES and v}
+        if markers != self.markers:
+            self.markers = markers
+            self.update()
 
     def text(self) -> dict[str, str]:
         """The letters shown, by edge."""
-        return {edge: lab.text() for edge, lab in self.labels.items()}
+        return {edge: self.markers.get(edge, "") for edge in _EDGES}
 
     def set_lines(self, lines: list) -> None:
         """Draw these crosshair segments (canvas pixels) from the next paint on."""
@@ -148,14 +164,65 @@ class CanvasOverlay(QWidget):
 
     def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
         self.paints += 1
-        if not self.lines:
+        if not (self.lines or self.markers):
             return
         p = QPainter(self)
+        pen = QPen()
+        pen.setWidthF(1.5)
         for (x0, y0), (x1, y1), color in self.lines:
-            pen = QPen(QColor(color))
-            pen.setWidthF(1.5)
+            pen.setColor(QColor(color))
             p.setPen(pen)
             p.drawLine(QLineF(x0, y0, x1, y1))
+        if self.markers:
+            p.setPen(QColor(MARKER_COLOR))
+            mx, my = self.MARGINS
+            box = self.rect().adjusted(mx, my, -mx, -my)
+            for edge, letter in self.markers.items():
+                p.drawText(box, _EDGES[edge], letter)
+        p.end()
+
+
+class Readout(QWidget):
+    """Read-only text of a fixed number of lines, word-wrapped (the cursor readout).
+
+    A QLabel asks its window for a new layout on every ``setText``; in a dock of napari's main
+    window that re-lays out all docks and composes the whole window once more per cursor move
+    (about 15 ms with software OpenGL). This widget only repaints itself. The text can be copied
+    (context menu, Ctrl+C).
+    """
+
+    def __init__(self, lines: int = 4, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._text = ""
+        self.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.setFixedHeight(lines * self.fontMetrics().lineSpacing() + 6)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        copy = QAction("Copy", self)
+        copy.setShortcut(QKeySequence.StandardKey.Copy)
+        copy.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
+        copy.triggered.connect(lambda: QApplication.clipboard().setText(self._text))
+        self.addAction(copy)
+        self.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
+        self.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
+
+    def text(self) -> str:
+        """The text shown."""
+        return self._text
+
+    def setText(self, text: str) -> None:  # noqa: N802 - QLabel's name
+        """Show ``text`` (repaints this widget only)."""
+        if text != self._text:
+            self._text = text
+            self.update()
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        return QSize(240, self.height())
+
+    def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        p = QPainter(self)
+        p.setPen(self.palette().color(self.foregroundRole()))
+        p.drawText(self.rect().adjusted(2, 2, -2, -2),
+                   int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop | Qt.TextFlag.TextWordWrap), self._text)
         p.end()
 
 
@@ -298,7 +365,9 @@ class MultiViewWidget(QWidget):
         self._layer_conns: dict[Layer, list[tuple[Any, Callable]]] = {}
         self._pushing = self._syncing = self._refreshing = self._forwarding = False
         self._tokens: dict[Layer, object] = {}
-        self._pending: set[Layer] = set()
+        #: layers to redraw after an edit: layer -> data-index box (lo, hi) painted, None: all of it
+        self._pending: dict[Layer, tuple[np.ndarray, np.ndarray] | None] = {}
+        self._last_refresh = 0.0
         self._oblique: dict[str, Any] = {"plane": None, "from_line": None, "line_cursor": None, "result": None,
                                          "reset": False}
         self._saved_3d: dict[str, Any] = {}
@@ -357,13 +426,8 @@ class MultiViewWidget(QWidget):
         self.grid = QGridLayout(self.grid_widget)
         self.grid.setContentsMargins(0, 0, 0, 0)
         self.grid.setSpacing(4)
-        self.readout = QLabel("")
-        self.readout.setWordWrap(True)
-        self.readout.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.readout.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
-        # a fixed height: a readout that wraps differently must not resize (and redraw) the canvases
-        self.readout.setFixedHeight(4 * self.readout.fontMetrics().lineSpacing() + 6)
-        self.readout.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        # fixed height, and no new layout of the window when its text changes (see `Readout`)
+        self.readout = Readout(lines=4)
 
         self.oblique_box, body = _collapsible("Oblique plane through the cursor")
         self.oblique_box.toggled.connect(self.set_oblique)
@@ -576,7 +640,7 @@ class MultiViewWidget(QWidget):
         view = self.views.pop(name)
         for mirror in view.mirrors.values():
             self._disconnect_all(self._layer_conns.pop(mirror, []))
-            self._pending.discard(mirror)
+            self._pending.pop(mirror, None)
         view.mirrors.clear()
         self._disconnect_all(view.conns)
         view.model.mouse_drag_callbacks.clear()
@@ -643,9 +707,11 @@ class MultiViewWidget(QWidget):
         for key in ("experimental_clipping_planes", "rendering", "properties"):
             state.pop(key, None)
         mirror = Layer.create(data, state, kind)
+        adapter.mute_thumbnail(mirror)  # no layer list shows it: not recomputed on every slice
         view.mirrors[layer] = mirror
         index = sum(1 for ly in self.viewer.layers[: self.viewer.layers.index(layer)] if ly in view.mirrors)
         view.model.layers.insert(index, mirror)
+        adapter.skip_unchanged_matrix(view.qt, mirror)  # a new slice in a 2D view moves no transform
         for name in SYNC_UP[Labels if isinstance(layer, Labels) else Image]:
             self._connect(getattr(mirror.events, name),
                           lambda e, m=layer, s=mirror, n=name: self._sync_up(m, s, n), layer=mirror)
@@ -685,14 +751,14 @@ class MultiViewWidget(QWidget):
             mirror = view.mirrors.pop(layer, None)
             if mirror is not None:
                 self._disconnect_all(self._layer_conns.pop(mirror, []))
-                self._pending.discard(mirror)
+                self._pending.pop(mirror, None)
                 mirror.visible = False
                 self._dead.append((view, mirror))
         # removed a moment later, all at once: napari runs a full garbage collection per removal
         self._dead_timer.start()
         self._disconnect_all(self._layer_conns.pop(layer, []))
         self._tokens.pop(layer, None)
-        self._pending.discard(layer)
+        self._pending.pop(layer, None)
         if not any(_mirrorable(ly) for ly in self.viewer.layers):
             self._cursor = None  # nothing left to point at (e.g. the viewer is closing)
         self._update_culling()
@@ -782,18 +848,27 @@ class MultiViewWidget(QWidget):
         """(model, layer) of every canvas showing labels layer ``main`` (main canvas first)."""
         return [(self.viewer, main)] + [(v.model, v.mirrors[main]) for v in self._plane_views() if main in v.mirrors]
 
-    def _refresh(self, layer: Layer) -> None:
+    def _refresh(self, layer: Layer, box: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Redraw ``layer`` in its canvas: only the painted ``box`` of its slice when it can."""
         self._refreshing = True
         try:
-            layer.refresh()
+            if box is None or not adapter.refresh_labels_box(layer, *box):
+                layer.refresh()
         finally:
             self._refreshing = False
 
+    def _add_pending(self, layer: Layer, box: tuple[np.ndarray, np.ndarray] | None) -> None:
+        if layer in self._pending:
+            old = self._pending[layer]
+            box = None if old is None or box is None else (np.minimum(old[0], box[0]), np.maximum(old[1], box[1]))
+        self._pending[layer] = box
+
     def _flush_refresh(self) -> None:
         self._refresh_timer.stop()
-        pending, self._pending = self._pending, set()
-        for layer in pending:
-            self._refresh(layer)
+        pending, self._pending = self._pending, {}
+        self._last_refresh = time.perf_counter()
+        for layer, box in pending.items():
+            self._refresh(layer, box)
 
     def _slice_index(self, model: Any, layer: Layer) -> tuple[int, int] | None:
         """(data axis, index) of the slice a 2D canvas shows of ``layer``; None in 3D."""
@@ -803,8 +878,13 @@ class MultiViewWidget(QWidget):
         return axis, int(np.round(layer.world_to_data(self._cursor)[axis]))
 
     def _on_dab(self, view: _View | None, layer: Layer, event: Any) -> None:
-        """One brush step in a canvas: the other canvases whose slice it touched get refreshed
-        (coalesced: at most once per `REFRESH_MS`, and at the end of the stroke)."""
+        """One brush step in a canvas: the other canvases whose slice it touched get refreshed.
+
+        At most once per `REFRESH_MS` (and at the end of the stroke), and then at once, in the
+        same event-loop turn as the painting canvas' own redraw: the window composes once for
+        both (a refresh from a timer would cost a composition of its own). Only the painted box
+        is redrawn (`_napari_adapter.refresh_labels_box`).
+        """
         if self._refreshing:
             return
         main = layer if view is None else next((m for m, s in view.mirrors.items() if s is layer), None)
@@ -816,9 +896,13 @@ class MultiViewWidget(QWidget):
                 continue  # the 3D canvas is refreshed once, at the end of the stroke
             where = self._slice_index(model, target)
             if box is None or where is None or box[0][where[0]] <= where[1] < box[1][where[0]]:
-                self._pending.add(target)
-        if self._pending and not self._refresh_timer.isActive():
-            self._refresh_timer.start()
+                self._add_pending(target, None if where is None else box)
+        if self._pending:
+            wait_ms = REFRESH_MS - (time.perf_counter() - self._last_refresh) * 1000
+            if wait_ms <= 0:
+                self._flush_refresh()
+            elif not self._refresh_timer.isActive():
+                self._refresh_timer.start(int(wait_ms) + 1)  # the stroke's last dabs, if it stops here
         self._schedule_oblique(REFRESH_MS)
 
     def _dab_box(self, model: Any, layer: Layer, event: Any) -> tuple[np.ndarray, np.ndarray] | None:
@@ -848,7 +932,8 @@ class MultiViewWidget(QWidget):
         """A stroke in the main canvas or a panel's edit: the views catch up."""
         if self._refreshing or self._forwarding:
             return  # a view's stroke: its canvases were refreshed brush step by brush step
-        self._pending.update(target for _, target in self._targets(layer)[1:])
+        for _, target in self._targets(layer)[1:]:
+            self._add_pending(target, None)
         self._flush_refresh()
         self._schedule_oblique()
 
@@ -858,7 +943,8 @@ class MultiViewWidget(QWidget):
         same = self._tokens.get(layer) is token
         self._tokens[layer] = token
         if same and not self._refreshing:
-            self._pending.update(target for _, target in self._targets(layer)[1:])
+            for _, target in self._targets(layer)[1:]:
+                self._add_pending(target, None)
             self._flush_refresh()
             self._schedule_oblique()
 
@@ -904,7 +990,7 @@ class MultiViewWidget(QWidget):
                 if changed:
                     for a in changed:
                         point[a] = float(target[a])
-                    model.dims.point = tuple(point)
+                    adapter.set_dims_point(model, point)  # each layer sliced once, not twice
         finally:
             self._pushing = False
         self._update_crosses()

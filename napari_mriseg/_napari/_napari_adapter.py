@@ -19,6 +19,17 @@ them here, nowhere else:
 4. `unwrap_viewer`: napari hands a plugin's dock widget a ``PublicOnlyProxy`` of the viewer; the
    views need the viewer itself (the layers they mirror must be the objects napari's events
    carry, ``is`` comparisons included, and 1-3 above reach behind the proxy).
+5. Speed of a cursor move (four canvases resliced at once): `set_dims_point` slices each layer
+   once where napari slices twice (``ViewerModel._update_layers`` is connected to both
+   ``dims.events.point`` and ``dims.events.current_step``); `mute_thumbnail` stops a mirror layer
+   from recomputing a thumbnail no layer list shows (``Layer._update_thumbnail``);
+   `skip_unchanged_matrix` keeps a mirror's vispy layer from rebuilding its transform on every
+   new slice when nothing the transform depends on changed (``VispyCanvas.layer_to_visual``,
+   the vispy layer's ``_on_data_change`` / ``_on_matrix_change``, ``Layer._transforms``).
+6. Speed of a brush stroke seen in other canvases: `refresh_labels_box` redraws only the painted
+   box of a labels layer's current slice (a partial texture update, napari's own path for its
+   brush: ``Labels._slice``, ``_get_pt_not_disp``, ``_accumulate_updated_slice``,
+   ``_partial_labels_refresh``, ``colormap._data_to_texture``) instead of re-slicing the layer.
 
 `check_napari` runs when the views are built: outside the napari versions this adapter was tested
 with (`TESTED_NAPARI`), or when one of the private names is gone, it raises
@@ -48,6 +59,10 @@ __all__ = [
     "main_window",
     "make_canvas",
     "move_undo_step",
+    "mute_thumbnail",
+    "refresh_labels_box",
+    "set_dims_point",
+    "skip_unchanged_matrix",
     "slice_token",
     "unwrap_viewer",
 ]
@@ -59,6 +74,9 @@ ALLOW_ENV = "MRISEG_ALLOW_UNTESTED_NAPARI"
 _THIS_FILE = "napari_mriseg/_napari/_napari_adapter.py"
 #: The private names used here: (where, attribute).
 _PRIVATE_LABELS = ("_undo_history", "_redo_history", "_append_to_undo_history", "_slice_input")
+_PRIVATE_VISPY_LAYER = ("_on_data_change", "_on_matrix_change")
+_PRIVATE_LABELS_PARTIAL = ("_slice", "_get_pt_not_disp", "_accumulate_updated_slice", "_partial_labels_refresh",
+                           "_updated_slice")
 
 
 class NapariCompatibilityError(MriSegError, RuntimeError):
@@ -117,8 +135,14 @@ def _check_private_api() -> None:
     from napari._qt.qt_main_window import Window
 
     missing += [f"Window.{name}" for name in ("_qt_viewer",) if not hasattr(Window, name)]
-    missing += [f"ViewerModel.{name}" for name in ("scene", "mouse_drag_callbacks", "dims")
+    missing += [f"ViewerModel.{name}" for name in ("scene", "mouse_drag_callbacks", "dims", "_update_layers")
                 if not hasattr(ViewerModel(), name)]
+    missing += [f"Layer.{name}" for name in ("_update_thumbnail", "_transforms") if not hasattr(probe, name)]
+    missing += [f"Labels.{name}" for name in _PRIVATE_LABELS_PARTIAL if not hasattr(probe, name)]
+    missing += [f"Labels.colormap.{name}" for name in ("_data_to_texture",) if not hasattr(probe.colormap, name)]
+    from napari._vispy.layers.base import VispyBaseLayer
+
+    missing += [f"VispyBaseLayer.{name}" for name in _PRIVATE_VISPY_LAYER if not hasattr(VispyBaseLayer, name)]
     if missing:
         raise NapariCompatibilityError(f"this napari lacks internals the linked views use: {', '.join(missing)}; "
                                        f"{_fix()}")
@@ -209,3 +233,123 @@ def slice_token(layer: Any) -> object:
     refresh of the same slice (undo, redo, new voxels) keeps it.
     """
     return layer._slice_input
+
+
+# ---------------------------------------------------------------------------- speed
+def set_dims_point(model: Any, point: Any) -> None:
+    """Set ``model.dims.point`` (world coordinates), slicing each layer of ``model`` once.
+
+    napari connects ``ViewerModel._update_layers`` to both ``dims.events.point`` and
+    ``dims.events.current_step``; a new point changes both, so a plain assignment runs the whole
+    slicing machinery twice (the second pass finds nothing new, at about a sixth of the cost of
+    the first). The second is blocked here; everything else listening to ``current_step`` (the
+    dims sliders) still hears it.
+    """
+    with model.dims.events.current_step.blocker(model._update_layers):
+        model.dims.point = tuple(point)
+
+
+def _no_thumbnail(*_: Any, **__: Any) -> None:
+    """A thumbnail update that does nothing (see `mute_thumbnail`)."""
+
+
+def mute_thumbnail(layer: Any) -> None:
+    """Stop ``layer`` from recomputing its thumbnail on every new slice.
+
+    For a layer in a canvas without a layer list (an extra canvas' mirror of a main layer): its
+    thumbnail is never shown, and recomputing it costs about 0.3 ms per layer and slice.
+    """
+    layer._update_thumbnail = _no_thumbnail
+
+
+def skip_unchanged_matrix(qt_viewer: Any, layer: Any) -> bool:
+    """Let the vispy layer of ``layer`` in the canvas of ``qt_viewer`` skip rebuilding its
+    transform on a new slice when nothing it depends on changed.
+
+    napari's vispy layer recomputes its node's transform after every new slice
+    (``_on_data_change`` calls ``_on_matrix_change``: simplified transform chain, vispy matrix
+    events), about 0.8 ms per layer and slice. The result depends only on the node, the displayed
+    axes, the layer's transforms and units: the transform events (scale, translate, rotate,
+    shear, affine, units) still rebuild it at once; a new slice rebuilds it only if the node, the
+    displayed axes, the layer's dimensionality, its units scale or its tile transform changed.
+    Multiscale layers are left alone. Returns False (changing nothing) when the layer has no
+    vispy layer in that canvas.
+    """
+    import weakref
+
+    visual = qt_viewer.canvas.layer_to_visual.get(layer)
+    if visual is None or getattr(layer, "multiscale", False):
+        return False
+    cls, ref = type(visual), weakref.ref(visual)
+    state: dict[str, Any] = {"key": None, "in_data": False}
+
+    def key(vis: Any) -> tuple:
+        si = vis.layer._slice_input
+        return (id(vis.node), si.ndisplay, tuple(si.displayed), vis.layer.ndim,
+                tuple(vis._world_to_layer_units_scale), vis.layer._transforms[0].affine_matrix.tobytes())
+
+    def on_matrix_change(*args: Any) -> None:
+        vis = ref()
+        if vis is None:  # pragma: no cover - the canvas is gone
+            return
+        k = key(vis)
+        if state["in_data"] and k == state["key"]:
+            return
+        cls._on_matrix_change(vis, *args)
+        state["key"] = k
+
+    def on_data_change(*args: Any) -> None:
+        vis = ref()
+        if vis is None:  # pragma: no cover - the canvas is gone
+            return
+        state["in_data"] = True
+        try:
+            cls._on_data_change(vis, *args)
+        finally:
+            state["in_data"] = False
+
+    visual._on_matrix_change = on_matrix_change
+    visual._on_data_change = on_data_change
+    return True
+
+
+def refresh_labels_box(layer: Any, lo: Any, hi: Any) -> bool:
+    """Redraw the data-index box ``[lo, hi)`` of labels ``layer``'s current 2D slice from its data.
+
+    For voxels written into the layer's array from elsewhere (a stroke painted in another canvas
+    on the same array): a partial texture update of just that box, as napari does for its own
+    brush, instead of `Layer.refresh` (a new slice of the whole layer, a full texture upload and
+    a thumbnail). Returns True when the slice is up to date (also when the box misses it), False
+    when the layer cannot be updated this way (3D display, hidden or not loaded, data that is
+    not a numpy array the slice is a view of): then call ``layer.refresh()``.
+
+    Parameters
+    ----------
+    layer : napari.layers.Labels
+    lo, hi : sequence of int
+        Box corners in the layer's data indices (all axes, array order); ``hi`` exclusive.
+    """
+    si = layer._slice_input
+    data = layer.data
+    if (si.ndisplay != 2 or not layer.visible or not layer.loaded or len(lo) != layer.ndim
+            or not isinstance(data, np.ndarray)):
+        return False
+    image = layer._slice.image
+    raw, view = image.raw, image.view
+    if not (isinstance(raw, np.ndarray) and np.shares_memory(raw, data)):
+        return False
+    lo = np.maximum(np.asarray(lo, int), 0)
+    hi = np.minimum(np.asarray(hi, int), np.asarray(data.shape))
+    box = [slice(int(a), int(b)) for a, b in zip(lo, hi)]
+    for axis, index in layer._get_pt_not_disp().items():
+        if not lo[axis] <= index < hi[axis]:
+            return True  # the box misses the slice shown
+        box[axis] = slice(int(index), int(index) + 1)
+    sub = tuple(box[a] for a in si.displayed)  # the slice's axes are the displayed ones, in order
+    if any(s.stop <= s.start for s in sub):
+        return True
+    if layer.contour == 0 and not np.shares_memory(view, raw):
+        view[sub] = layer.colormap._data_to_texture(raw[sub])
+    layer._accumulate_updated_slice(tuple(box))
+    layer._partial_labels_refresh()  # emits labels_update(data, offset): the vispy texture's box
+    return True
